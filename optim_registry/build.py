@@ -1,0 +1,273 @@
+"""The only place the parts meet: name + arguments + model -> ``(cls_or_factory, kwargs)`` -> optimizer.
+
+``get_optimizer_cls_and_kwargs`` keeps transformers' contract (magic keys ``params``, ``model``,
+``optimizer_dict``; factories called ``factory()(model, **kwargs)``), so the stock
+``Trainer.create_optimizer`` can consume what it returns. Everything that can go wrong is checked
+here, before the model is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import deps
+from .optim_args import parse_options
+from .param_groups import build_groups, target_linear_weights
+from .spec import OptimizerSpec, Option
+
+#: Types of the TrainingArguments hyperparameters when overridden in ``optim_args``.
+HPARAM_OPTIONS = {
+    "lr": Option("lr", "float", None, "learning rate (default: TrainingArguments.learning_rate)"),
+    "betas": Option("betas", "floats", None, "(beta1, beta2) (default: adam_beta1, adam_beta2)"),
+    "eps": Option("eps", "float", None, "epsilon (default: TrainingArguments.adam_epsilon)"),
+    "weight_decay": Option("weight_decay", "float", None, "weight decay (default: TrainingArguments.weight_decay)"),
+}
+
+
+#: Decay names chosen by the Trainer (its ``get_decay_parameter_names``, which users may override).
+_DECAY_NAMES: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("decay_names", default=None)
+
+
+@contextlib.contextmanager
+def decay_names_override(names: Iterable[str]) -> Iterator[None]:
+    """Use ``names`` as the weight-decay parameters for builds inside this block."""
+    token = _DECAY_NAMES.set(set(names))
+    try:
+        yield
+    finally:
+        _DECAY_NAMES.reset(token)
+
+
+@dataclass
+class BuildContext:
+    """What a builder gets: the record, the arguments, the model and everything already computed."""
+
+    spec: OptimizerSpec
+    args: Any
+    model: Any
+    options: dict[str, Any]  # the record's own options, typed (given ones, plus defaults marked `send`)
+    hparams: dict[str, Any]  # lr, betas, eps, weight_decay after optim_args overrides
+    kwargs: dict[str, Any]  # generic constructor kwargs: lr, hparams, fixed, options
+    groups: list[dict[str, Any]] | None = None  # param groups (weight decay / targets) when a model is given
+    given: dict[str, Any] = field(default_factory=dict)  # exactly what optim_args said, typed
+
+    def target(self) -> Any:
+        return load_target(self.spec)
+
+    def require_model(self) -> Any:
+        if self.model is None:
+            raise ValueError(f"optim={self.spec.name!r} needs the model: pass `model=` when resolving it")
+        return self.model
+
+
+def load_target(spec: OptimizerSpec) -> Any:
+    target = spec.target
+    return deps.import_object(target) if isinstance(target, str) else target
+
+
+def _name_of(args: Any) -> str:
+    optim = getattr(args, "optim", None)
+    return str(getattr(optim, "value", optim))
+
+
+def spec_for(name: str) -> OptimizerSpec:
+    from .catalog import optimizers
+
+    return optimizers.get(name)
+
+
+def option_table(spec: OptimizerSpec) -> list[Option]:
+    """The record's options followed by the hyperparameters it lets ``optim_args`` override."""
+    table = list(spec.options)
+    declared = {o.name for o in table}
+    table += [HPARAM_OPTIONS[h] for h in ("lr", "betas", "eps", "weight_decay") if h in spec.hparams and h not in declared]
+    return table
+
+
+def parse_optim_args(spec: OptimizerSpec, raw: Any) -> dict[str, Any]:
+    """Typed ``optim_args`` for ``spec`` (record options and hyperparameter overrides together)."""
+    return parse_options(raw, option_table(spec), subject=f"optim={spec.name!r}")
+
+
+def hyperparameters(spec: OptimizerSpec, args: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """lr / betas / eps / weight_decay from the TrainingArguments, overridden by ``optim_args``."""
+    values = {
+        "lr": float(args.learning_rate),
+        "betas": (float(args.adam_beta1), float(args.adam_beta2)),
+        "eps": float(args.adam_epsilon),
+        "weight_decay": float(args.weight_decay),
+    }
+    for key in values:
+        if given.get(key) is not None:
+            values[key] = given[key]
+    if len(values["betas"]) != 2 and "betas" in spec.hparams and not spec.builder:
+        raise ValueError(f"optim_args key 'betas' for optim={spec.name!r} takes two numbers, got {values['betas']}")
+    return values
+
+
+def make_context(args: Any, model: Any = None, spec: OptimizerSpec | None = None) -> BuildContext:
+    """Resolve, check and type everything for ``args.optim`` without touching the model."""
+    spec = spec or spec_for(_name_of(args))
+    given = parse_optim_args(spec, getattr(args, "optim_args", None))
+    hp = hyperparameters(spec, args, given)
+    options = {o.name: o.default for o in spec.options if o.send}
+    options.update({k: v for k, v in given.items() if k in spec.option_map})
+    kwargs: dict[str, Any] = {"lr": hp["lr"]}
+    for key in ("betas", "eps"):
+        if key in spec.hparams:
+            kwargs[key] = hp[key]
+    kwargs.update(spec.fixed)
+    kwargs.update({k: v for k, v in options.items() if k not in spec.target_options})
+    ctx = BuildContext(spec=spec, args=args, model=model, options=options, hparams=hp, kwargs=kwargs, given=given)
+    if (spec.needs_model or spec.target_modules or spec.layerwise) and model is None:
+        ctx.require_model()
+    if model is not None and not spec.needs_model:
+        targets: list[str] = []
+        if spec.target_modules:
+            targets = target_linear_weights(
+                model, getattr(args, "optim_target_modules", None), subject=f"optim={spec.name!r}"
+            )
+        target_opts = {k: v for k, v in options.items() if k in spec.target_options}
+        ctx.groups = build_groups(
+            model,
+            weight_decay=hp["weight_decay"],
+            decay_names=_DECAY_NAMES.get(),
+            targets=targets,
+            target_options=target_opts,
+        )
+    return ctx
+
+
+def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dict[str, Any]]:
+    """``(optimizer class or factory, kwargs)`` for ``args.optim``, as ``Trainer.get_optimizer_cls_and_kwargs``.
+
+    Example::
+
+        cls, kwargs = get_optimizer_cls_and_kwargs(TrainingArguments("out", optim="sgd"))
+        # (torch.optim.SGD, {"lr": 5e-05})
+    """
+    spec = spec_for(_name_of(args))
+    deps.check(spec.name, spec.requires)
+    ctx = make_context(args, model, spec)
+    if spec.builder is not None:
+        builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
+        cls, kwargs = builder(ctx)
+    else:
+        cls, kwargs = ctx.target(), dict(ctx.kwargs)
+        if ctx.groups is not None and (spec.target_modules or "weight_decay" in ctx.given):
+            kwargs["params"] = ctx.groups
+    if spec.layerwise:
+        from .layerwise_build import layerwise_factory
+
+        return layerwise_factory(ctx, cls, kwargs)
+    return cls, kwargs
+
+
+def is_factory(obj: Any) -> bool:
+    """transformers' rule: anything that is not an Optimizer subclass is a factory."""
+    import torch
+
+    return not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer))
+
+
+def instantiate(
+    cls: Any, kwargs: dict[str, Any], model: Any, default_groups: Callable[[], list[dict[str, Any]]]
+) -> Any:
+    """Build the optimizer exactly as the stock ``Trainer.create_optimizer`` would."""
+    kwargs = dict(kwargs)
+    if is_factory(cls):
+        return cls()(model, **kwargs)
+    params: Any = None
+    for magic in ("params", "model", "optimizer_dict"):
+        if magic in kwargs:
+            params = kwargs.pop(magic)
+    if params is None:
+        params = default_groups()
+    return cls(params, **kwargs)
+
+
+def create_optimizer(args: Any, model: Any) -> Any:
+    """The whole build: weight-decay groups, ``optim_target_modules``, layer-wise hooks, 8-bit overrides."""
+    spec = spec_for(_name_of(args))
+    check_device(spec, model)
+    cls, kwargs = get_optimizer_cls_and_kwargs(args, model)
+    weight_decay = float(args.weight_decay)
+    optimizer = instantiate(cls, kwargs, model, lambda: build_groups(model, weight_decay=weight_decay))
+    finalize(optimizer, spec, model)
+    return optimizer
+
+
+def check_device(spec: OptimizerSpec, model: Any = None) -> None:
+    """Refuse a GPU-only optimizer when no GPU is there, before anything is built."""
+    if spec.needs_gpu is None:
+        return
+    import torch
+
+    on_cuda = torch.cuda.is_available() and (
+        model is None or any(p.is_cuda for p in model.parameters())
+    )
+    if not on_cuda:
+        raise ValueError(
+            f"optim={spec.name!r} needs a CUDA GPU ({spec.needs_gpu}) and none is in use here. "
+            f"Train on a GPU, or choose a CPU-capable name (`optim-registry list --available`)."
+        )
+
+
+def finalize(optimizer: Any, spec: OptimizerSpec, model: Any) -> None:
+    """After construction, before the first step: 32-bit state for embeddings, provenance tag."""
+    if spec.embedding_32bit and model is not None:
+        keep_embeddings_32bit(model)
+    try:
+        optimizer.optim_registry_name = spec.name
+    except AttributeError:  # pragma: no cover - optimizers with __slots__
+        pass
+
+
+def keep_embeddings_32bit(model: Any) -> int:
+    """Tell bitsandbytes to keep ``nn.Embedding`` state in 32 bits; returns the parameters covered."""
+    import bitsandbytes
+    from torch import nn
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    covered = 0
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})
+            covered += module.weight.numel()
+    return covered
+
+
+def signature_options(cls: Any, skip: set[str]) -> tuple[Option, ...]:
+    """Options typed from a constructor's signature defaults (used for plugins and catalogues)."""
+    out = []
+    try:
+        params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
+    except (TypeError, ValueError):
+        return ()
+    for pname, p in params.items():
+        if pname in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in ("self", "params"):
+            continue
+        default = None if p.default is inspect.Parameter.empty else p.default
+        out.append(Option(pname, _type_of(default), default, nullable=default is None))
+    return tuple(out)
+
+
+def _type_of(default: Any) -> str:
+    if isinstance(default, bool):
+        return "bool"
+    if isinstance(default, int):
+        return "int"
+    if isinstance(default, float):
+        return "float"
+    if isinstance(default, str):
+        return "str"
+    if isinstance(default, (tuple, list)) and default and all(isinstance(v, (int, float)) for v in default):
+        return "ints" if all(isinstance(v, int) and not isinstance(v, bool) for v in default) else "floats"
+    if type(default).__name__ == "dtype":
+        return "dtype"
+    return "any"

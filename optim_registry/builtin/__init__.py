@@ -1,0 +1,77 @@
+"""Built-in optimizer records: data only, one module per family; importing them imports no optimizer."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..spec import OptimizerSpec, Option
+
+#: The family modules, each defining ``RECORDS`` (a tuple sorted by name).
+FAMILIES = (
+    "torch_native",
+    "bitsandbytes",
+    "low_rank",
+    "lomo",
+    "schedulefree",
+    "misc",
+    "beyond",
+    "pytorch_optimizer",
+)
+
+LAYERWISE_SUFFIX = "_layerwise"
+
+CLIP_PER_PARAM = Option(
+    "clip_per_param",
+    "float",
+    None,
+    "clip each parameter's gradient to this norm inside backward (global-norm clipping cannot be "
+    "done layer-wise; set max_grad_norm=0)",
+)
+
+
+def family_records() -> list[OptimizerSpec]:
+    """Every hand-written record of every family module that exists."""
+    records: list[OptimizerSpec] = []
+    for family in FAMILIES:
+        try:
+            module = importlib.import_module(f"{__name__}.{family}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{family}":
+                continue
+            raise
+        records.extend(getattr(module, "RECORDS", ()))
+        extra = getattr(module, "generated_records", None)
+        if extra is not None:
+            records.extend(extra())
+    return records
+
+
+def layerwise_variant(spec: OptimizerSpec) -> OptimizerSpec:
+    """``<name>_layerwise``: the same optimizer, each parameter stepped inside backward."""
+    return spec.variant(
+        name=spec.name + LAYERWISE_SUFFIX,
+        description=f"{spec.description} Layer-wise: each parameter is stepped inside backward, so the "
+        "whole model's gradients never exist at once.",
+        layerwise=True,
+        supports_layerwise=False,
+        options=spec.options + (CLIP_PER_PARAM,),
+        base=spec.name,
+        resume="per-parameter optimizer states gathered into one state_dict",
+    )
+
+
+def all_records() -> list[OptimizerSpec]:
+    """Hand-written records plus a ``_layerwise`` twin of every one that supports it."""
+    records = family_records()
+    names = {r.name for r in records}
+    duplicated = len(names) != len(records)
+    if duplicated:
+        seen: set[str] = set()
+        dupes = sorted({r.name for r in records if r.name in seen or seen.add(r.name)})
+        raise RuntimeError(f"built-in optimizer names declared twice: {dupes}")
+    derived = [
+        layerwise_variant(r)
+        for r in records
+        if r.supports_layerwise and not r.layerwise and r.name + LAYERWISE_SUFFIX not in names
+    ]
+    return records + derived

@@ -1,0 +1,162 @@
+"""PyTorch's own optimizers and transformers' Adafactor."""
+
+from __future__ import annotations
+
+from ..spec import OptimizerSpec, opt
+
+_ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
+_COMMON = (
+    opt("maximize", "bool", False, "maximise the objective instead of minimising it"),
+    opt("foreach", "bool", None, "use the foreach (multi-tensor) implementation; None lets torch choose"),
+)
+_AMSGRAD = opt("amsgrad", "bool", False, "use the AMSGrad variant (max of past second moments)")
+_FUSED = opt("fused", "bool", None, "use the fused kernel; None lets torch choose")
+_DECOUPLED = opt("decoupled_weight_decay", "bool", False, "AdamW-style decoupled weight decay")
+
+RECORDS = (
+    OptimizerSpec(
+        name="adafactor",
+        target="transformers.optimization:Adafactor",
+        family="torch",
+        description="transformers' Adafactor: factored second moments, sub-linear memory. With "
+        "relative_step=true it computes its own step size and the Trainer uses AdafactorSchedule.",
+        hparams=frozenset({"lr", "weight_decay"}),
+        options=(
+            opt("scale_parameter", "bool", False, "scale the step by the parameter's RMS", send=True),
+            opt("relative_step", "bool", False, "time-dependent step size instead of the learning rate", send=True),
+            opt("warmup_init", "bool", False, "warm the relative step up from 1e-6 (needs relative_step)"),
+            opt("clip_threshold", "float", 1.0, "threshold of the root-mean-square of the final update"),
+            opt("decay_rate", "float", -0.8, "coefficient for the running average of squared gradients"),
+            opt("beta1", "float", None, "first-moment coefficient; none keeps no first moment"),
+            opt("eps", "floats", (1e-30, 1e-3), "regularisation constants for square gradient and scale"),
+        ),
+        builder="optim_registry.builders:adafactor",
+        state_bytes=0.1,
+        paper="arXiv:1804.04235",
+    ),
+    OptimizerSpec(
+        name="adafactor_torch",
+        target="torch.optim:Adafactor",
+        family="torch",
+        description="PyTorch's Adafactor (torch.optim.Adafactor): factored second moments.",
+        hparams=frozenset({"lr", "weight_decay"}),
+        options=(
+            opt("beta2_decay", "float", -0.8, "decay rate of the second moment"),
+            opt("eps", "any", None, "(eps1, eps2); eps1 none means the dtype's eps"),
+            opt("d", "float", 1.0, "clipping threshold of the update"),
+            opt("maximize", "bool", False, "maximise the objective"),
+            opt("foreach", "bool", None, "use the foreach implementation"),
+        ),
+        state_bytes=0.1,
+        paper="arXiv:1804.04235",
+    ),
+    OptimizerSpec(
+        name="adagrad",
+        target="torch.optim:Adagrad",
+        family="torch",
+        description="Adagrad: per-coordinate step sizes from the sum of squared gradients.",
+        hparams=frozenset({"lr", "weight_decay"}),
+        options=(
+            opt("lr_decay", "float", 0.0, "learning-rate decay"),
+            opt("initial_accumulator_value", "float", 0.0, "starting value of the sum of squares"),
+            opt("eps", "float", 1e-10, "added to the denominator"),
+            *_COMMON,
+            _FUSED,
+        ),
+        state_bytes=4.0,
+        paper="JMLR 12 (2011) Duchi et al.",
+    ),
+    OptimizerSpec(
+        name="adam",
+        target="torch.optim:Adam",
+        family="torch",
+        description="Adam (torch.optim.Adam), L2 weight decay unless decoupled_weight_decay=true.",
+        hparams=_ADAM_HP,
+        options=(_AMSGRAD, _DECOUPLED, *_COMMON, _FUSED),
+        state_bytes=8.0,
+        paper="arXiv:1412.6980",
+    ),
+    OptimizerSpec(
+        name="adamax",
+        target="torch.optim:Adamax",
+        family="torch",
+        description="Adamax: Adam with the infinity norm.",
+        hparams=_ADAM_HP,
+        options=_COMMON,
+        state_bytes=8.0,
+        paper="arXiv:1412.6980",
+    ),
+    OptimizerSpec(
+        name="adamw_torch",
+        target="torch.optim:AdamW",
+        family="torch",
+        description="AdamW (torch.optim.AdamW): Adam with decoupled weight decay. The default.",
+        hparams=_ADAM_HP,
+        options=(_AMSGRAD, *_COMMON, _FUSED),
+        state_bytes=8.0,
+        paper="arXiv:1711.05101",
+    ),
+    OptimizerSpec(
+        name="adamw_torch_fused",
+        target="torch.optim:AdamW",
+        family="torch",
+        description="AdamW with torch's fused kernel (CUDA, and CPU since torch 2.4).",
+        hparams=_ADAM_HP,
+        options=(_AMSGRAD, opt("maximize", "bool", False, "maximise the objective")),
+        fixed={"fused": True},
+        state_bytes=8.0,
+        paper="arXiv:1711.05101",
+    ),
+    OptimizerSpec(
+        name="nadam",
+        target="torch.optim:NAdam",
+        family="torch",
+        description="NAdam: Adam with Nesterov momentum.",
+        hparams=_ADAM_HP,
+        options=(opt("momentum_decay", "float", 0.004, "momentum decay psi"), _DECOUPLED, *_COMMON),
+        state_bytes=8.0,
+        paper="ICLR 2016 workshop, Dozat",
+    ),
+    OptimizerSpec(
+        name="radam",
+        target="torch.optim:RAdam",
+        family="torch",
+        description="RAdam: Adam with a rectified adaptive learning rate (no warm-up needed).",
+        hparams=_ADAM_HP,
+        options=(_DECOUPLED, *_COMMON),
+        state_bytes=8.0,
+        paper="arXiv:1908.03265",
+    ),
+    OptimizerSpec(
+        name="rmsprop",
+        target="torch.optim:RMSprop",
+        family="torch",
+        description="RMSprop (torch.optim.RMSprop).",
+        hparams=frozenset({"lr", "weight_decay"}),
+        options=(
+            opt("alpha", "float", 0.99, "smoothing constant"),
+            opt("eps", "float", 1e-8, "added to the denominator"),
+            opt("momentum", "float", 0.0, "momentum factor"),
+            opt("centered", "bool", False, "normalise by an estimate of the gradient's variance"),
+            opt("capturable", "bool", False, "CUDA-graph capturable"),
+            *_COMMON,
+        ),
+        state_bytes=4.0,
+        paper="Hinton, Coursera lecture 6e",
+    ),
+    OptimizerSpec(
+        name="sgd",
+        target="torch.optim:SGD",
+        family="torch",
+        description="Stochastic gradient descent, with optional (Nesterov) momentum.",
+        hparams=frozenset({"lr", "weight_decay"}),
+        options=(
+            opt("momentum", "float", 0.0, "momentum factor"),
+            opt("dampening", "float", 0.0, "dampening for momentum"),
+            opt("nesterov", "bool", False, "Nesterov momentum"),
+            *_COMMON,
+            _FUSED,
+        ),
+        state_bytes=0.0,
+    ),
+)

@@ -1,0 +1,106 @@
+"""The registry instances: built-in records, plugin adapters, and ``register_optimizer``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .registry import PluginError, Registry
+from .spec import OptimizerSpec
+
+OPTIMIZER_GROUP = "optim_registry.optimizers"
+SCHEDULER_GROUP = "optim_registry.schedulers"
+
+
+def _builtin_optimizers() -> list[OptimizerSpec]:
+    from .builtin import all_records
+
+    return all_records()
+
+
+def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | None = None) -> OptimizerSpec:
+    """A record for whatever a plugin (or ``register_optimizer``) points at.
+
+    - an ``OptimizerSpec``: used as it is (renamed to ``name``);
+    - a ``torch.optim.Optimizer`` subclass: hyperparameters and options read from its signature;
+    - any other callable: a builder ``(BuildContext) -> (cls_or_factory, kwargs)``.
+    """
+    import torch
+
+    from .build import signature_options
+    from .spec import HPARAMS
+
+    meta = dict(meta or {})
+    if isinstance(obj, OptimizerSpec):
+        return obj.variant(name=name, source=source, **meta)
+    if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
+        import inspect
+
+        params = set(inspect.signature(obj.__init__).parameters)
+        hparams = frozenset(h for h in HPARAMS if h in params)
+        fields = {
+            "target": obj,
+            "family": "plugin",
+            "description": (obj.__doc__ or obj.__name__).strip().splitlines()[0],
+            "hparams": hparams,
+            "options": signature_options(obj, skip=set(hparams) | {"params"}),
+        }
+        fields.update(meta)
+        return OptimizerSpec(name=name, source=source, **fields)
+    if callable(obj):
+        fields = {
+            "target": obj,
+            "builder": obj,
+            "family": "plugin",
+            "description": ((getattr(obj, "__doc__", None) or name).strip().splitlines() or [name])[0],
+            "hparams": frozenset({"lr", "betas", "eps", "weight_decay"}),
+            "supports_layerwise": False,
+        }
+        fields.update(meta)
+        return OptimizerSpec(name=name, source=source, **fields)
+    raise PluginError(
+        f"optimizer plugin {name!r} from {source!r} points at {obj!r}: expected a torch.optim.Optimizer "
+        "subclass, an OptimizerSpec or a builder function"
+    )
+
+
+optimizers: Registry[OptimizerSpec] = Registry(
+    kind="optimizer",
+    group=OPTIMIZER_GROUP,
+    builtin_loader=_builtin_optimizers,
+    plugin_adapter=lambda name, obj, source: spec_from_object(name, obj, source),
+)
+
+
+def register_optimizer(
+    name: str, builder: Any = None, *, replace: bool = False, **meta: Any
+) -> Any:
+    """Register ``name`` -> an Optimizer subclass, an ``OptimizerSpec`` or a builder; call or decorator.
+
+    Example::
+
+        @register_optimizer("my_sgd", description="SGD with a twist")
+        class MySGD(torch.optim.SGD): ...
+
+    ``meta`` sets record fields (``description``, ``options``, ``needs_model``, ``target_modules`` ...).
+    """
+    def attach(obj: Any) -> Any:
+        spec = spec_from_object(name, obj, "register_optimizer", meta)
+        optimizers.register(spec, source="register_optimizer", replace=replace)
+        return obj
+
+    if builder is None:
+        return attach
+    return attach(builder)
+
+
+def unregister_optimizer(name: str) -> None:
+    """Forget a name registered in code (plugins and built-ins stay)."""
+    optimizers.unregister(name)
+
+
+def builtin_names() -> list[str]:
+    return sorted(optimizers.builtin())
+
+
+Decorator = Callable[[Any], Any]

@@ -1,0 +1,121 @@
+"""One record per registered name, for ``list_optimizers()``, the CLI and the generated docs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import deps
+from .spec import OptimizerSpec
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """What ``list_optimizers()`` returns for one name (no optimizer package is imported)."""
+
+    name: str
+    description: str
+    family: str
+    requires: list[str]
+    available: bool
+    source: str
+    options: dict[str, dict[str, Any]]
+    hparams: list[str]
+    needs_gpu: str | None
+    layerwise: bool
+    supports_layerwise: bool
+    protocol: str
+    state_bytes: float | None
+    install: str | None
+    paper: str = ""
+    importable: bool | None = None
+    providers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def info(spec: OptimizerSpec, providers: list[tuple[str, str | None, bool]] | None = None) -> OptimizerInfo:
+    from .build import option_table
+
+    absent = deps.missing(spec.requires)
+    options = {
+        o.name: {"type": o.type, "default": _jsonable(o.default), "help": o.help,
+                 **({"choices": list(o.choices)} if o.choices else {})}
+        for o in option_table(spec)
+    }
+    providers = providers or []
+    return OptimizerInfo(
+        name=spec.name,
+        description=spec.description,
+        family=spec.family,
+        requires=[r.pip for r in spec.requires],
+        available=not absent,
+        source=spec.source,
+        options=options,
+        hparams=sorted(spec.hparams),
+        needs_gpu=spec.needs_gpu,
+        layerwise=spec.layerwise,
+        supports_layerwise=spec.supports_layerwise,
+        protocol=spec.protocol,
+        state_bytes=spec.state_bytes,
+        install=" && ".join(r.pip_line for r in absent) or None,
+        paper=spec.paper,
+        importable=all(p[2] for p in providers) if providers else None,
+        providers=[p[0] for p in providers],
+    )
+
+
+def _plugin_info(name: str, providers: list[tuple[str, str | None, bool]]) -> OptimizerInfo:
+    """A plugin name described from metadata alone (its code is not imported for a listing)."""
+    source = " & ".join(p[0] for p in providers)
+    return OptimizerInfo(
+        name=name, description=f"plugin ({providers[0][1]})", family="plugin", requires=[],
+        available=all(p[2] for p in providers), source=source, options={}, hparams=[], needs_gpu=None,
+        layerwise=False, supports_layerwise=False, protocol="step", state_bytes=None, install=None,
+        importable=all(p[2] for p in providers), providers=[p[0] for p in providers],
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def list_optimizers() -> list[OptimizerInfo]:
+    """Every registered optimizer name, built-in and plugin, sorted by name."""
+    from .catalog import optimizers
+
+    out = []
+    builtin = optimizers.builtin()
+    for name in optimizers.names():
+        providers = optimizers.provenance(name)
+        loaded = [p for p in optimizers._providers.get(name, []) if p.spec is not None]
+        if loaded:
+            out.append(info(loaded[-1].spec, providers))
+        elif name in builtin:
+            out.append(info(builtin[name], providers if len(providers) > 1 else None))
+        else:
+            out.append(_plugin_info(name, providers))
+    return out
+
+
+def list_schedulers() -> list[dict[str, Any]]:
+    """Every registered scheduler name with its options."""
+    from .schedulers import schedulers
+
+    out = []
+    for name in schedulers.names():
+        providers = schedulers.provenance(name)
+        if name in schedulers.builtin():
+            spec = schedulers.builtin()[name]
+            options = {o.name: {"type": o.type, "default": _jsonable(o.default), "help": o.help} for o in spec.options}
+            out.append({"name": name, "description": spec.description, "source": "builtin", "options": options,
+                        "needs_eval": spec.needs_eval})
+        else:
+            out.append({"name": name, "description": "plugin", "source": " & ".join(p[0] for p in providers),
+                        "options": {}, "needs_eval": False})
+    return out

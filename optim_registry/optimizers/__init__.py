@@ -1,0 +1,1 @@
+"""Optimizer implementations that ship with optim_registry."""

@@ -1,0 +1,151 @@
+"""Which parameters get what: weight-decay split, target-module matching, group assembly. Pure functions.
+
+Everything here is linear in the number of parameter tensors (sets and dicts, never list
+membership), and none of it changes the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+#: The stock Trainer's name patterns for parameters that get no weight decay.
+NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+_NO_DECAY_RE = re.compile("|".join(NO_DECAY_PATTERNS))
+
+
+def decay_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that get weight decay, as ``Trainer.get_decay_parameter_names``.
+
+    Parameters inside ``nn.LayerNorm`` and names matching bias / norm patterns are excluded.
+    """
+    excluded_modules = {name for name, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+    names = set()
+    for name, _ in model.named_parameters():
+        owner = name.rpartition(".")[0]
+        if _inside(owner, excluded_modules) or _NO_DECAY_RE.search(name.lower()):
+            continue
+        names.add(name)
+    return names
+
+
+def _inside(module_name: str, modules: set[str]) -> bool:
+    while module_name:
+        if module_name in modules:
+            return True
+        module_name = module_name.rpartition(".")[0]
+    return False
+
+
+def is_all_linear(patterns: Any) -> bool:
+    return isinstance(patterns, str) and patterns.replace("_", "-").lower() == "all-linear"
+
+
+def module_matches(patterns: str | Sequence[str], module_name: str) -> bool:
+    """transformers' rule: a string is a full-match regex; a list matches by exact name, then
+    substring, then full-match regex."""
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, module_name) is not None
+    if module_name in patterns:
+        return True
+    if any(p in module_name for p in patterns):
+        return True
+    return any(re.fullmatch(p, module_name) is not None for p in patterns)
+
+
+def target_linear_weights(
+    model: nn.Module, patterns: str | Sequence[str] | None, *, subject: str
+) -> list[str]:
+    """Names of the ``nn.Linear`` weights picked by ``optim_target_modules``.
+
+    ``"all-linear"`` picks every Linear except the output head. Raises ``ValueError`` naming the
+    patterns and a few module names that exist when nothing matches or no patterns were given.
+    """
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+    if patterns is None:
+        raise ValueError(
+            f"{subject} needs `optim_target_modules` (e.g. [r'.*attn.*', r'.*mlp.*'] or 'all-linear'); "
+            f"Linear modules in this model include: {_examples(linear)}"
+        )
+    if not isinstance(patterns, (str, list, tuple)) or (
+        not isinstance(patterns, str) and not all(isinstance(p, str) for p in patterns)
+    ):
+        raise ValueError(
+            f"`optim_target_modules` must be a regex string, a list of strings or 'all-linear', not {patterns!r}"
+        )
+    if isinstance(patterns, str) and not is_all_linear(patterns):
+        try:
+            re.compile(patterns)
+        except re.error as exc:
+            raise ValueError(f"`optim_target_modules` {patterns!r} is not a valid regex: {exc}") from None
+    if is_all_linear(patterns):
+        head = _output_head(model)
+        chosen = [n for n, m in linear if m is not head]
+    else:
+        chosen = [n for n, _ in linear if module_matches(patterns, n)]
+    if not chosen:
+        raise ValueError(
+            f"`optim_target_modules` {patterns!r} matches no nn.Linear module of this model ({subject}). "
+            f"Modules that exist include: {_examples(linear)}"
+        )
+    return [f"{n}.weight" for n in chosen]
+
+
+def _output_head(model: nn.Module) -> nn.Module | None:
+    getter = getattr(model, "get_output_embeddings", None)
+    try:
+        return getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        return None
+
+
+def _examples(named: list[tuple[str, nn.Module]], n: int = 6) -> str:
+    names = [name for name, _ in named]
+    # one of each distinct suffix reads better than six copies of layer 0
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(name.rpartition(".")[2], name)
+    picked = list(seen.values())[:n] or names[:n]
+    return ", ".join(picked) if picked else "(no nn.Linear modules)"
+
+
+def build_groups(
+    model: nn.Module,
+    *,
+    weight_decay: float,
+    decay_names: Iterable[str] | None = None,
+    targets: Iterable[str] = (),
+    target_options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Trainable parameters as param groups: (other, targeted) x (decay, no decay), empties dropped.
+
+    Targeted groups carry ``target_options`` (GaLore's ``rank`` ...). The decay split is kept inside
+    the targeted groups too (transformers drops it there).
+    """
+    decay = set(decay_parameter_names(model) if decay_names is None else decay_names)
+    target_set = set(targets)
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {
+        (False, True): [], (False, False): [], (True, True): [], (True, False): [],
+    }
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        buckets[(name in target_set, name in decay)].append(p)
+    groups = []
+    for (targeted, decayed), params in buckets.items():
+        if not params:
+            continue
+        group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decayed else 0.0}
+        if targeted:
+            group.update(target_options or {})
+        groups.append(group)
+    return groups
+
+
+def trainable_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -1,0 +1,145 @@
+"""The frozen records every optimizer (built-in or plugin) is declared with.
+
+A record is data: where the class lives (imported only when used), what it needs installed, which
+``optim_args`` it accepts and with what types, which TrainingArguments hyperparameters it takes and
+which protocol the training loop must follow. One builder (``build.py``) interprets every record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+#: Types an option may declare; ``optim_args.coerce`` knows how to read each from a string.
+OPTION_TYPES = frozenset({"int", "float", "bool", "str", "floats", "ints", "dtype", "any"})
+
+#: TrainingArguments hyperparameters a record may take, and where each comes from.
+HPARAMS = frozenset({"lr", "betas", "eps", "weight_decay"})
+
+#: Protocols the training loop must honour.
+PROTOCOLS = frozenset({"step", "train_eval", "fused_backward"})
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Option:
+    """One accepted ``optim_args`` key: its type, default and meaning.
+
+    ``default=REQUIRED`` is never used for built-ins: every option has a usable default. ``None`` as a
+    default makes the option nullable (``none`` in a string means ``None``).
+    """
+
+    name: str
+    type: str
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    #: Always pass the default (ours differs from the library's, or the library has none).
+    send: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES:
+            raise ValueError(f"option {self.name!r}: unknown type {self.type!r}; use one of {sorted(OPTION_TYPES)}")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A package an optimizer needs: pip name, import name, lowest version and our extra."""
+
+    pip: str
+    module: str
+    min_version: str | None = None
+    extra: str | None = None
+
+    @property
+    def pip_line(self) -> str:
+        spec = f"{self.pip}>={self.min_version}" if self.min_version else self.pip
+        return f"pip install '{spec}'" if ">" in spec else f"pip install {spec}"
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Which distributed back-ends a record supports (``True``, ``False`` or a reason string)."""
+
+    ddp: bool | str = True
+    fsdp: bool | str = True
+    zero1: bool | str = True
+    zero2: bool | str = True
+    zero3: bool | str = True
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Everything the registry knows about one ``optim=`` name.
+
+    ``target`` is a ``"module:attr"`` path (imported when the name is resolved), or the object itself
+    for plugins registered in code. ``builder`` optionally names a function ``(BuildContext) ->
+    (cls_or_factory, kwargs)`` for optimizers the generic path cannot build; it gets the parsed
+    options, the model and the parameter groups already computed.
+    """
+
+    name: str
+    target: str | type | Callable[..., Any]
+    family: str
+    description: str
+    requires: tuple[Requirement, ...] = ()
+    options: tuple[Option, ...] = ()
+    #: TrainingArguments hyperparameters passed to the constructor (and overridable in optim_args).
+    hparams: frozenset[str] = frozenset({"lr"})
+    #: Keyword arguments always passed (e.g. ``optim_bits=8``); not settable by the user.
+    fixed: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    builder: str | Callable[..., Any] | None = None
+    needs_model: bool = False
+    #: Uses ``optim_target_modules``: the matched Linear weights get ``target_options`` in their group.
+    target_modules: bool = False
+    target_options: frozenset[str] = frozenset()
+    #: This name steps each parameter in backward (``<base>_layerwise``).
+    layerwise: bool = False
+    #: A ``<name>_layerwise`` variant makes sense for this optimizer.
+    supports_layerwise: bool = True
+    protocol: str = "step"
+    #: ``None`` when it runs on CPU; otherwise why it needs a GPU.
+    needs_gpu: str | None = None
+    #: Keep ``nn.Embedding`` state in 32 bits (8-bit bitsandbytes optimizers).
+    embedding_32bit: bool = False
+    #: Optimizer-state bytes per fp32 parameter, measured (see benchmarks/state_memory.py).
+    state_bytes: float | None = None
+    paper: str = ""
+    distributed: Distributed = field(default_factory=Distributed)
+    #: How the full state is saved: "state_dict" (torch's), or a note on what the registry adds.
+    resume: str = "state_dict"
+    #: "builtin" or the distribution that provides the name.
+    source: str = "builtin"
+    #: The record this layer-wise / preset name derives from.
+    base: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"{self.name}: protocol {self.protocol!r} is not one of {sorted(PROTOCOLS)}")
+        unknown = set(self.hparams) - HPARAMS
+        if unknown:
+            raise ValueError(f"{self.name}: unknown hparams {sorted(unknown)}; use {sorted(HPARAMS)}")
+        object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
+
+    @property
+    def option_map(self) -> dict[str, Option]:
+        return {o.name: o for o in self.options}
+
+    def accepted_keys(self) -> list[str]:
+        """Every key ``optim_args`` may carry: the record's options, then the hyperparameters."""
+        keys = [o.name for o in self.options]
+        keys += [h for h in ("lr", "betas", "eps", "weight_decay") if h in self.hparams and h not in keys]
+        return keys
+
+    def variant(self, **changes: Any) -> OptimizerSpec:
+        """A new record that differs from this one in ``changes`` (a preset, a layer-wise twin)."""
+        return replace(self, **changes)
+
+
+def opt(name: str, type_: str, default: Any = None, help: str = "", **kw: Any) -> Option:
+    """Shorthand used by the built-in tables."""
+    return Option(name, type_, default, help, **kw)

@@ -1,0 +1,246 @@
+"""TrainingArguments, OptimRegistryMixin and OptimTrainer: thin layers over transformers calling super().
+
+The arguments class accepts every registered ``optim`` / ``lr_scheduler_type`` and refuses, when it
+is created, any combination the registry knows cannot work. The mixin resolves names through the
+registry and honours each optimizer's protocol (layer-wise stepping, train/eval mode around saving,
+fused backward) while leaving the rest of the Trainer as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import transformers
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames as HFOptimizerNames
+
+from . import build
+from .build import decay_names_override
+from .catalog import optimizers
+from .schedulers import check_scheduler_args, create_scheduler, schedulers
+
+_HF_OPTIMS = {m.value for m in HFOptimizerNames}
+_HF_SCHEDULERS = {m.value for m in SchedulerType}
+
+
+def _plain(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def validate_training_args(args: Any) -> None:
+    """Every check that can be made from the arguments alone, raised before a model exists."""
+    from . import deps
+
+    name = _plain(args.optim)
+    spec = optimizers.get(name)
+    deps.check(spec.name, spec.requires)
+    build.parse_optim_args(spec, getattr(args, "optim_args", None))
+    check_scheduler_args(args)
+    ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
+    world = int(getattr(args, "world_size", 1) or 1)
+    if spec.needs_gpu is not None:
+        import torch
+
+        if not torch.cuda.is_available() or getattr(args, "use_cpu", False):
+            raise ValueError(
+                f"optim={name!r} needs a CUDA GPU ({spec.needs_gpu}); none is available here. "
+                "Train on a GPU, or choose a CPU-capable name (`optim-registry list --available`)."
+            )
+    if spec.protocol == "fused_backward" and ga > 1:
+        raise ValueError(
+            f"optim={name!r} updates the weights inside backward, so gradient accumulation cannot work: "
+            f"set gradient_accumulation_steps=1 (got {ga}), or choose another optimizer."
+        )
+    if spec.layerwise:
+        if float(getattr(args, "max_grad_norm", 0) or 0) > 0:
+            raise ValueError(
+                f"optim={name!r} steps each parameter inside backward, so global-norm clipping "
+                f"(max_grad_norm={args.max_grad_norm}) cannot be applied. Set max_grad_norm=0, and optionally "
+                "clip each parameter with optim_args='clip_per_param=1.0'."
+            )
+        if world > 1:
+            raise ValueError(
+                f"optim={name!r} steps each parameter inside backward, before DDP has averaged its gradient "
+                f"across the {world} processes. Use the whole-model name {spec.base!r} for distributed runs."
+            )
+
+
+class RegistryArgumentsMixin:
+    """Makes any ``transformers.TrainingArguments`` subclass accept registry names.
+
+    Example (TRL)::
+
+        @dataclass
+        class SFTConfig(RegistryArgumentsMixin, trl.SFTConfig):
+            pass
+    """
+
+    def __post_init__(self) -> None:
+        optim = _plain(self.optim)
+        sched = _plain(self.lr_scheduler_type)
+        optimizers.check_name(optim)
+        schedulers.check_name(sched)
+        # The parent validates against transformers' closed enums: show it a name it knows, then
+        # put ours back.
+        self.optim = optim if optim in _HF_OPTIMS else HFOptimizerNames.ADAMW_TORCH.value
+        self.lr_scheduler_type = sched if sched in _HF_SCHEDULERS else SchedulerType.LINEAR.value
+        super().__post_init__()  # type: ignore[misc]
+        self.optim = _optimizer_value(optim)
+        self.lr_scheduler_type = SchedulerType(sched) if sched in _HF_SCHEDULERS else sched
+        validate_training_args(self)
+
+    def set_optimizer(self, name: str = "adamw_torch", *args: Any, **kwargs: Any) -> Any:
+        optimizers.check_name(_plain(name))
+        super().set_optimizer("adamw_torch", *args, **kwargs)  # type: ignore[misc]
+        self.optim = _optimizer_value(_plain(name))
+        validate_training_args(self)
+        return self
+
+    def set_lr_scheduler(self, name: str = "linear", *args: Any, **kwargs: Any) -> Any:
+        sched = _plain(name)
+        schedulers.check_name(sched)
+        super().set_lr_scheduler("linear", *args, **kwargs)  # type: ignore[misc]
+        self.lr_scheduler_type = SchedulerType(sched) if sched in _HF_SCHEDULERS else sched
+        check_scheduler_args(self)
+        return self
+
+
+def _optimizer_value(name: str) -> Any:
+    from . import OptimizerNames
+
+    try:
+        return OptimizerNames(name)
+    except ValueError:  # a plugin or registered name
+        return name
+
+
+@dataclass
+class TrainingArguments(RegistryArgumentsMixin, transformers.TrainingArguments):
+    """``transformers.TrainingArguments`` whose ``optim`` / ``lr_scheduler_type`` take every registered name.
+
+    ``optim_args`` accepts the ``"k=v,k=v"`` string and a dict.
+    """
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The optimizer inside accelerate's wrapper (or the optimizer itself)."""
+    while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "optim_registry_name"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class OptimRegistryMixin:
+    """Registry-backed optimizer and scheduler creation for any ``transformers.Trainer`` subclass.
+
+    ``class MySFT(OptimRegistryMixin, trl.SFTTrainer): ...``
+    """
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, Any]:
+        return build.get_optimizer_cls_and_kwargs(args, model)
+
+    def get_decay_parameter_names(self, model: Any) -> set[str]:  # a set: membership tests stay O(1)
+        return build.decay_parameter_names(model)
+
+    def get_optimizer_group(self, param: Any = None) -> Any:
+        """As the stock method, but finds ``param`` by identity (``in`` on tensors compares values)."""
+        if self.optimizer is None:
+            raise ValueError("Trainer optimizer is None, please make sure you have setup the optimizer before.")
+        if param is not None:
+            for group in self.optimizer.param_groups:
+                if any(p is param for p in group["params"]):
+                    return group
+            return None
+        return [group["params"] for group in self.optimizer.param_groups]
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        fresh = self.optimizer is None and self.optimizer_cls_and_kwargs is None
+        opt_model = self.model if model is None else model
+        spec = None
+        if fresh:
+            validate_training_args(self.args)
+            spec = build.spec_for(_plain(self.args.optim))
+            build.check_device(spec, opt_model)
+            with decay_names_override(self.get_decay_parameter_names(opt_model)):
+                optimizer = super().create_optimizer(model)  # type: ignore[misc]
+            build.finalize(unwrap_optimizer(optimizer), spec, opt_model)
+        else:
+            optimizer = super().create_optimizer(model)  # type: ignore[misc]
+        self._install_protocols(unwrap_optimizer(self.optimizer))
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.lr_scheduler is None:
+            optimizer = self.optimizer if optimizer is None else optimizer
+            inner = unwrap_optimizer(optimizer)
+            if getattr(inner, "defaults", {}).get("relative_step") and _is_hf_adafactor(inner):
+                from transformers.optimization import AdafactorSchedule
+
+                # Adafactor with relative_step computes its own rate; this proxy reports it.
+                self.lr_scheduler = AdafactorSchedule(inner)
+            else:
+                self.lr_scheduler = create_scheduler(self.args, optimizer, num_training_steps)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)  # type: ignore[misc]
+
+    # -- protocols --------------------------------------------------------------------------------
+    def _install_protocols(self, optimizer: Any) -> None:
+        from .layerwise import LayerwiseOptimizer
+
+        if isinstance(optimizer, LayerwiseOptimizer):
+            trainer = self
+            # Step inside backward only on the last micro-batch of an accumulation window.
+            optimizer.should_step = lambda: trainer.accelerator.sync_gradients
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        from .layerwise import LayerwiseOptimizer
+
+        inner = unwrap_optimizer(self.optimizer)
+        if isinstance(inner, LayerwiseOptimizer):
+            norm = inner.grad_norm()
+            return norm.item() if hasattr(norm, "item") else norm
+        return super()._get_grad_norm(model, grad_norm=grad_norm)  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def _optimizer_eval_mode(self) -> Iterator[None]:
+        """Schedule-free optimizers hold train-mode weights; save the evaluation weights."""
+        inner = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
+        switch = (
+            inner is not None
+            and callable(getattr(inner, "eval", None))
+            and callable(getattr(inner, "train", None))
+            and _in_train_mode(inner)
+        )
+        if switch:
+            inner.eval()
+        try:
+            yield
+        finally:
+            if switch:
+                inner.train()
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        with self._optimizer_eval_mode():
+            super()._save_checkpoint(model, trial)  # type: ignore[misc]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        with self._optimizer_eval_mode():
+            super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+
+
+def _in_train_mode(optimizer: Any) -> bool:
+    groups = getattr(optimizer, "param_groups", None) or [{}]
+    return bool(groups[0].get("train_mode", False))
+
+
+def _is_hf_adafactor(optimizer: Any) -> bool:
+    from transformers.optimization import Adafactor
+
+    return isinstance(optimizer, Adafactor)
+
+
+class OptimTrainer(OptimRegistryMixin, transformers.Trainer):
+    """``transformers.Trainer`` whose optimizer and scheduler come from the registry."""
