@@ -33,6 +33,10 @@ HPARAM_OPTIONS = {
 _DECAY_NAMES: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("decay_names", default=None)
 
 
+#: The run's total optimizer steps, when the Trainer knows them (for ratios such as warm-up 0.1).
+_TRAINING_STEPS: contextvars.ContextVar[int | None] = contextvars.ContextVar("training_steps", default=None)
+
+
 @contextlib.contextmanager
 def decay_names_override(names: Iterable[str]) -> Iterator[None]:
     """Use ``names`` as the weight-decay parameters for builds inside this block."""
@@ -41,6 +45,16 @@ def decay_names_override(names: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         _DECAY_NAMES.reset(token)
+
+
+@contextlib.contextmanager
+def training_steps(n: int | None) -> Iterator[None]:
+    """Builds inside this block know the run lasts ``n`` optimizer steps."""
+    token = _TRAINING_STEPS.set(n)
+    try:
+        yield
+    finally:
+        _TRAINING_STEPS.reset(token)
 
 
 @dataclass
@@ -58,6 +72,15 @@ class BuildContext:
 
     def target(self) -> Any:
         return load_target(self.spec)
+
+    @property
+    def num_training_steps(self) -> int | None:
+        """Total optimizer steps of the run: known inside a Trainer, else ``args.max_steps`` if set."""
+        known = _TRAINING_STEPS.get()
+        if known is not None:
+            return known
+        max_steps = int(getattr(self.args, "max_steps", -1) or -1)
+        return max_steps if max_steps > 0 else None
 
     def require_model(self) -> Any:
         if self.model is None:

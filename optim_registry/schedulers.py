@@ -214,13 +214,18 @@ def parse_scheduler_kwargs(spec: SchedulerSpec, raw: Any) -> dict[str, Any]:
     )
 
 
-def create_scheduler(args: Any, optimizer: Any, num_training_steps: int) -> Any:
-    """The scheduler ``args.lr_scheduler_type`` names, driving every param group of ``optimizer``."""
+def create_scheduler(args: Any, optimizer: Any, num_training_steps: int, *, warmup: int | None = None) -> Any:
+    """The scheduler ``args.lr_scheduler_type`` names, driving every param group of ``optimizer``.
+
+    ``warmup`` overrides the warm-up steps taken from the arguments (0 for optimizers that warm up
+    themselves).
+    """
     from . import deps
 
     spec = schedulers.get(_name_of(args))
     kwargs = parse_scheduler_kwargs(spec, getattr(args, "lr_scheduler_kwargs", None))
-    warmup = args.get_warmup_steps(num_training_steps) if hasattr(args, "get_warmup_steps") else 0
+    if warmup is None:
+        warmup = args.get_warmup_steps(num_training_steps) if hasattr(args, "get_warmup_steps") else 0
     if spec.builder is not None:
         builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
         return builder(optimizer, warmup, num_training_steps, kwargs, args)

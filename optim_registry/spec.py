@@ -104,6 +104,8 @@ class OptimizerSpec:
     protocol: str = "step"
     #: ``None`` when it runs on CPU; otherwise why it needs a GPU.
     needs_gpu: str | None = None
+    #: The optimizer warms the rate up itself (schedule-free): the Trainer's schedule gets no warm-up.
+    owns_warmup: bool = False
     #: Keep ``nn.Embedding`` state in 32 bits (8-bit bitsandbytes optimizers).
     embedding_32bit: bool = False
     #: Optimizer-state bytes per fp32 parameter, measured (see benchmarks/state_memory.py).

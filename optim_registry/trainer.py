@@ -143,7 +143,9 @@ class OptimRegistryMixin:
         return build.get_optimizer_cls_and_kwargs(args, model)
 
     def get_decay_parameter_names(self, model: Any) -> set[str]:  # a set: membership tests stay O(1)
-        return build.decay_parameter_names(model)
+        from .param_groups import decay_parameter_names
+
+        return decay_parameter_names(model)
 
     def get_optimizer_group(self, param: Any = None) -> Any:
         """As the stock method, but finds ``param`` by identity (``in`` on tensors compares values)."""
@@ -155,6 +157,10 @@ class OptimRegistryMixin:
                     return group
             return None
         return [group["params"] for group in self.optimizer.param_groups]
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        with build.training_steps(num_training_steps):
+            super().create_optimizer_and_scheduler(num_training_steps)  # type: ignore[misc]
 
     def create_optimizer(self, model: Any = None) -> Any:
         fresh = self.optimizer is None and self.optimizer_cls_and_kwargs is None
@@ -182,7 +188,11 @@ class OptimRegistryMixin:
                 # Adafactor with relative_step computes its own rate; this proxy reports it.
                 self.lr_scheduler = AdafactorSchedule(inner)
             else:
-                self.lr_scheduler = create_scheduler(self.args, optimizer, num_training_steps)
+                spec = _spec_of(inner)
+                owns_warmup = spec is not None and spec.owns_warmup
+                self.lr_scheduler = create_scheduler(
+                    self.args, optimizer, num_training_steps, warmup=0 if owns_warmup else None
+                )
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)  # type: ignore[misc]
 
@@ -199,10 +209,14 @@ class OptimRegistryMixin:
         from .layerwise import LayerwiseOptimizer
 
         inner = unwrap_optimizer(self.optimizer)
+        # Optimizers that update inside backward leave no .grad behind: they report the norm.
         if isinstance(inner, LayerwiseOptimizer):
             norm = inner.grad_norm()
-            return norm.item() if hasattr(norm, "item") else norm
-        return super()._get_grad_norm(model, grad_norm=grad_norm)  # type: ignore[misc]
+        elif callable(getattr(inner, "logged_grad_norm", None)):
+            norm = inner.logged_grad_norm()
+        else:
+            return super()._get_grad_norm(model, grad_norm=grad_norm)  # type: ignore[misc]
+        return norm.item() if hasattr(norm, "item") else norm
 
     @contextlib.contextmanager
     def _optimizer_eval_mode(self) -> Iterator[None]:
@@ -229,6 +243,11 @@ class OptimRegistryMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         with self._optimizer_eval_mode():
             super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+
+
+def _spec_of(optimizer: Any) -> Any:
+    name = getattr(optimizer, "optim_registry_name", None)
+    return optimizers.get(name) if name is not None and name in optimizers else None
 
 
 def _in_train_mode(optimizer: Any) -> bool:

@@ -14,7 +14,10 @@ FAMILIES = (
     "lomo",
     "schedulefree",
     "misc",
+    "torchao",
+    "optimi",
     "beyond",
+    "flashoptim",
     "pytorch_optimizer",
 )
 

@@ -1,0 +1,1 @@
+"""Builders and protocol shims for optimizer families the generic build path cannot handle alone."""
