@@ -276,11 +276,25 @@ def signature_options(cls: Any, skip: set[str]) -> tuple[Option, ...]:
         if pname in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in ("self", "params"):
             continue
         default = None if p.default is inspect.Parameter.empty else p.default
-        out.append(Option(pname, _type_of(default), default, nullable=default is None))
+        out.append(Option(pname, _type_of(default, p.annotation), default, nullable=default is None))
     return tuple(out)
 
 
-def _type_of(default: Any) -> str:
+def _type_of(default: Any, annotation: Any = inspect.Parameter.empty) -> str:
+    """An option type from the annotation when it says one clearly, else from the default's type."""
+    if annotation is not inspect.Parameter.empty:
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        text = text.replace("typing.", "").replace(" ", "")
+        words = set(text.replace("|", ",").replace("[", ",").replace("]", ",").split(","))
+        words.discard("None")
+        words.discard("Optional")
+        if text.startswith(("tuple", "Tuple")) and "float" in text:
+            return "floats"
+        if words & {"float", "Tensor", "torch.Tensor"} and not words & {"str", "bool", "tuple", "Tuple", "list"}:
+            return "float"
+        for kind in ("bool", "int", "str"):
+            if words == {kind}:
+                return kind
     if isinstance(default, bool):
         return "bool"
     if isinstance(default, int):

@@ -1,0 +1,1 @@
+"""An example optim_registry plugin distribution (see docs/plugins.md)."""
