@@ -20,6 +20,7 @@ from transformers.training_args import OptimizerNames as HFOptimizerNames
 from . import build
 from .build import decay_names_override
 from .catalog import optimizers
+from .distributed import check_distributed
 from .schedulers import check_scheduler_args, create_scheduler, schedulers
 
 _HF_OPTIMS = {m.value for m in HFOptimizerNames}
@@ -40,7 +41,6 @@ def validate_training_args(args: Any) -> None:
     build.parse_optim_args(spec, getattr(args, "optim_args", None))
     check_scheduler_args(args)
     ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
-    world = int(getattr(args, "world_size", 1) or 1)
     if spec.needs_gpu is not None:
         import torch
 
@@ -54,18 +54,13 @@ def validate_training_args(args: Any) -> None:
             f"optim={name!r} updates the weights inside backward, so gradient accumulation cannot work: "
             f"set gradient_accumulation_steps=1 (got {ga}), or choose another optimizer."
         )
-    if spec.layerwise:
-        if float(getattr(args, "max_grad_norm", 0) or 0) > 0:
-            raise ValueError(
-                f"optim={name!r} steps each parameter inside backward, so global-norm clipping "
-                f"(max_grad_norm={args.max_grad_norm}) cannot be applied. Set max_grad_norm=0, and optionally "
-                "clip each parameter with optim_args='clip_per_param=1.0'."
-            )
-        if world > 1:
-            raise ValueError(
-                f"optim={name!r} steps each parameter inside backward, before DDP has averaged its gradient "
-                f"across the {world} processes. Use the whole-model name {spec.base!r} for distributed runs."
-            )
+    if spec.layerwise and float(getattr(args, "max_grad_norm", 0) or 0) > 0:
+        raise ValueError(
+            f"optim={name!r} steps each parameter inside backward, so global-norm clipping "
+            f"(max_grad_norm={args.max_grad_norm}) cannot be applied. Set max_grad_norm=0, and optionally "
+            "clip each parameter with optim_args='clip_per_param=1.0'."
+        )
+    check_distributed(spec, args)
 
 
 class RegistryArgumentsMixin:
@@ -83,6 +78,8 @@ class RegistryArgumentsMixin:
         sched = _plain(self.lr_scheduler_type)
         optimizers.check_name(optim)
         schedulers.check_name(sched)
+        # Before the parent's set-up, which imports deepspeed when configured: refuse early.
+        check_distributed(optimizers.get(optim), self)
         # The parent validates against transformers' closed enums: show it a name it knows, then
         # put ours back.
         self.optim = optim if optim in _HF_OPTIMS else HFOptimizerNames.ADAMW_TORCH.value
@@ -196,6 +193,15 @@ class OptimRegistryMixin:
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)  # type: ignore[misc]
 
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds every param group's learning rate when they differ (the stock Trainer logs only the first)."""
+        if "learning_rate" in logs and self.optimizer is not None:
+            rates = [_as_float(g.get("lr")) for g in unwrap_optimizer(self.optimizer).param_groups]
+            if len({r for r in rates if r is not None}) > 1:
+                for i, rate in enumerate(rates):
+                    logs[f"learning_rate/group_{i}"] = rate
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
     # -- protocols --------------------------------------------------------------------------------
     def _install_protocols(self, optimizer: Any) -> None:
         from .layerwise import LayerwiseOptimizer
@@ -243,6 +249,11 @@ class OptimRegistryMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         with self._optimizer_eval_mode():
             super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+
+
+def _as_float(value: Any) -> float | None:
+    # torchao keeps lr as a tensor
+    return None if value is None else float(value)
 
 
 def _spec_of(optimizer: Any) -> Any:

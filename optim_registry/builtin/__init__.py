@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..spec import OptimizerSpec, Option
+from ..spec import Distributed, OptimizerSpec, Option
 
 #: The family modules, each defining ``RECORDS`` (a tuple sorted by name).
 FAMILIES = (
@@ -51,7 +51,13 @@ def family_records() -> list[OptimizerSpec]:
 
 def layerwise_variant(spec: OptimizerSpec) -> OptimizerSpec:
     """``<name>_layerwise``: the same optimizer, each parameter stepped inside backward."""
+    early = (
+        f"each parameter is stepped inside backward, before DDP has averaged its gradient across "
+        f"processes; use the whole-model name {spec.name!r} for distributed runs"
+    )
+    sharded = f"each parameter is stepped inside backward on unsharded gradients; use {spec.name!r}"
     return spec.variant(
+        distributed=Distributed(ddp=early, fsdp=sharded, zero1=sharded, zero2=sharded, zero3=sharded),
         name=spec.name + LAYERWISE_SUFFIX,
         description=f"{spec.description} Layer-wise: each parameter is stepped inside backward, so the "
         "whole model's gradients never exist at once.",

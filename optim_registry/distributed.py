@@ -1,0 +1,85 @@
+"""Which distributed back-end a run will use, and whether the chosen optimizer supports it.
+
+Checked when the TrainingArguments are created, before transformers' own set-up (which needs
+deepspeed installed) and before any model exists. Pure functions over the arguments and the record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .spec import OptimizerSpec
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The back-end a run will use: ``none``, ``ddp``, ``fsdp``, ``zero1``, ``zero2`` or ``zero3``."""
+
+    kind: str
+    detail: str = ""
+    deepspeed_optimizer: str | None = None  # the "optimizer.type" of a DeepSpeed config, if any
+
+
+def _load_deepspeed_config(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        path = Path(text)
+        if path.is_file():
+            return json.loads(path.read_text())
+        raise ValueError(f"deepspeed={value!r}: no such DeepSpeed config file")
+    return {}
+
+
+def detect_backend(args: Any) -> Backend:
+    """The back-end implied by ``deepspeed`` / ``fsdp`` arguments and the launcher's WORLD_SIZE."""
+    deepspeed = getattr(args, "deepspeed", None)
+    if deepspeed:
+        config = _load_deepspeed_config(deepspeed)
+        stage = int(config.get("zero_optimization", {}).get("stage", 0) or 0)
+        optimizer = config.get("optimizer", {}).get("type") if isinstance(config.get("optimizer"), dict) else None
+        kind = f"zero{stage}" if stage in (1, 2, 3) else "ddp"
+        return Backend(kind, f"DeepSpeed ZeRO stage {stage}", optimizer)
+    fsdp = getattr(args, "fsdp", None)
+    if fsdp and fsdp not in ("", [], False):
+        config = getattr(args, "fsdp_config", None) or {}
+        version = config.get("fsdp_version", config.get("version", 1)) if isinstance(config, dict) else 1
+        orig = config.get("use_orig_params", True) if isinstance(config, dict) else True
+        return Backend("fsdp", f"FSDP{version}" + ("" if orig or version == 2 else " (flattened parameters)"))
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        return Backend("ddp", f"DDP over {world} processes")
+    return Backend("none")
+
+
+def support(spec: OptimizerSpec, kind: str) -> bool | str:
+    """``True``, ``False`` or a reason string: the record's declared support for ``kind``."""
+    if kind == "none":
+        return True
+    return getattr(spec.distributed, kind)
+
+
+def check_distributed(spec: OptimizerSpec, args: Any, *, default_optim: str = "adamw_torch") -> Backend:
+    """Raise ``ValueError`` for any optimizer x back-end combination the registry knows cannot work."""
+    backend = detect_backend(args)
+    if backend.deepspeed_optimizer and (spec.name != default_optim or getattr(args, "optim_args", None)):
+        raise ValueError(
+            f"The DeepSpeed config defines its own optimizer ({backend.deepspeed_optimizer!r}) and "
+            f"optim={spec.name!r} chooses another; DeepSpeed would silently use its own. Remove the "
+            "'optimizer' block from the DeepSpeed config to use optim, or drop the optim choice."
+        )
+    verdict = support(spec, backend.kind)
+    if verdict is not True:
+        reason = f": {verdict}" if isinstance(verdict, str) else ""
+        raise ValueError(
+            f"optim={spec.name!r} does not support {backend.detail}{reason}. "
+            "See `optim-registry show " + spec.name + "` for what it supports, or choose another optimizer."
+        )
+    return backend

@@ -1,0 +1,75 @@
+"""Two real processes with DDP (gloo, CPU): every rank ends with identical parameters that moved."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+# One torchrun launch for all names keeps the process start-up cost paid once.
+NAMES = ["adamw_torch", "sgd:momentum=0.9"]
+# Families whose records may be absent in a slim install; each is checked when registered.
+FAMILY_NAMES = [
+    "adamw_torch_layerwise",
+    "adamw_8bit",
+    "galore_adamw:rank=4,update_proj_gap=2",
+    "muon",
+    "schedule_free_adamw",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _available(names: list[str]) -> list[str]:
+    from optim_registry.catalog import optimizers
+
+    return [n for n in names if n.partition(":")[0] in optimizers]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    names = _available(NAMES + FAMILY_NAMES)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(WORKER), str(out), *names]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, names
+
+
+def test_ranks_agree_exactly_and_parameters_moved(ddp_run):
+    out, names = ddp_run
+    checked = 0
+    for item in names:
+        name = item.partition(":")[0]
+        folder = out / name
+        if (folder / "refused0.json").exists():
+            continue
+        r0 = torch.load(folder / "rank0.pt", weights_only=True)
+        r1 = torch.load(folder / "rank1.pt", weights_only=True)
+        assert r0["world"] == 2
+        for n in r0["final"]:
+            assert torch.equal(r0["final"][n], r1["final"][n]), f"{name}: ranks disagree on {n}"
+            assert not torch.equal(r0["final"][n], r0["start"][n]), f"{name}: {n} did not move"
+        checked += 1
+    assert checked >= len(NAMES)
+
+
+def test_layerwise_is_refused_under_ddp(ddp_run):
+    out, names = ddp_run
+    folder = out / "adamw_torch_layerwise"
+    assert (folder / "refused0.json").exists()
+    message = (folder / "refused0.json").read_text()
+    assert "before DDP has averaged its gradient" in message and "adamw_torch" in message
