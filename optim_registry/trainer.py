@@ -9,6 +9,7 @@ fused backward) while leaving the rest of the Trainer as it is.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,11 @@ def validate_training_args(args: Any) -> None:
         raise ValueError(
             f"optim={name!r} updates the weights inside backward, so gradient accumulation cannot work: "
             f"set gradient_accumulation_steps=1 (got {ga}), or choose another optimizer."
+        )
+    if spec.layerwise and getattr(args, "fp16", False):
+        raise ValueError(
+            f"optim={name!r} steps each parameter inside backward, before fp16 loss scaling can unscale or "
+            "check the gradients. Use bf16=True, or the whole-model name " + repr(spec.base) + "."
         )
     if spec.layerwise and float(getattr(args, "max_grad_norm", 0) or 0) > 0:
         raise ValueError(
@@ -207,9 +213,25 @@ class OptimRegistryMixin:
         from .layerwise import LayerwiseOptimizer
 
         if isinstance(optimizer, LayerwiseOptimizer):
-            trainer = self
-            # Step inside backward only on the last micro-batch of an accumulation window.
-            optimizer.should_step = lambda: trainer.accelerator.sync_gradients
+            owner = weakref.ref(self)
+
+            def should_step() -> bool:
+                # Only inside this Trainer's own training steps (a bare backward() afterwards, or another
+                # Trainer on the same model, must not move the weights), and only on the last
+                # micro-batch of an accumulation window.
+                trainer = owner()
+                return trainer is not None and trainer._registry_in_step and trainer.accelerator.sync_gradients
+
+            optimizer.should_step = should_step
+
+    _registry_in_step = False
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        self._registry_in_step = True
+        try:
+            return super().training_step(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._registry_in_step = False
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         from .layerwise import LayerwiseOptimizer

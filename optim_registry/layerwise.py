@@ -1,0 +1,467 @@
+"""Layer-wise optimizer engine: step each parameter inside backward as soon as its gradient is ready.
+
+`LayerwiseOptimizer` owns one inner optimizer per trainable parameter and runs it from a
+``register_post_accumulate_grad_hook`` hook, then frees that gradient, so the gradients of the whole
+model never exist at once. Unlike the transformers 5.x layer-wise path it is an ordinary
+``torch.optim.Optimizer`` to the outside: torch LR schedulers drive its ``param_groups``, its
+``state_dict`` has the torch layout (loadable with ``torch.load(weights_only=True)``), gradient
+accumulation is supported through ``should_step``, the gradient norm is reported in
+``last_grad_norm`` and the hooks live exactly as long as the optimizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+InnerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+
+# Group keys that describe the group rather than configure the update.
+_NOT_HYPERPARAMS = frozenset({"params", "param_names"})
+_MISSING = object()
+
+
+def _always_true() -> bool:
+    return True
+
+
+def _hyperparams(group: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k not in _NOT_HYPERPARAMS}
+
+
+def _remove_handles(handles: list[RemovableHandle]) -> None:
+    # Module level on purpose: the finalizer must not reference the optimizer, or it would keep it alive.
+    while handles:
+        handles.pop().remove()
+
+
+def _make_hook(owner: weakref.ref[LayerwiseOptimizer]) -> Callable[[torch.Tensor], None]:
+    # Parameters outlive optimizers; holding only a weakref means a dead optimizer can never step.
+    def hook(param: torch.Tensor) -> None:
+        optimizer = owner()
+        if optimizer is not None:
+            optimizer._on_grad_ready(param)
+
+    hook._layerwise_owner = owner  # type: ignore[attr-defined]
+    return hook
+
+
+def _live_owners(param: torch.Tensor) -> list[LayerwiseOptimizer]:
+    # Read from the tensor's own hook table (private torch attribute; without it the check is skipped).
+    hooks = getattr(param, "_post_accumulate_grad_hooks", None) or {}
+    owners = (getattr(h, "_layerwise_owner", None) for h in hooks.values())
+    return [opt for ref in owners if ref is not None and (opt := ref()) is not None]
+
+
+def _active_owners(param: torch.Tensor) -> list[LayerwiseOptimizer]:
+    return [o for o in _live_owners(param) if o.should_step is _always_true or o.should_step is True]
+
+
+class _InnerStateView(Mapping[torch.Tensor, dict[str, Any]]):
+    """Read-only ``param -> state`` view over the inner optimizers, so ``optimizer.state[p]`` keeps working."""
+
+    def __init__(self, inner: Mapping[torch.Tensor, torch.optim.Optimizer]) -> None:
+        self._inner = inner
+
+    def __getitem__(self, param: torch.Tensor) -> dict[str, Any]:
+        inner = self._inner.get(param)
+        if inner is None or param not in inner.state:
+            raise KeyError(param)
+        return inner.state[param]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (p for p, inner in self._inner.items() if p in inner.state)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class LayerwiseOptimizer(torch.optim.Optimizer):
+    """Runs one inner optimizer per trainable parameter from that parameter's post-accumulate-grad hook.
+
+    Args:
+        param_groups: ordinary torch param groups (or an iterable of tensors). Frozen parameters may be
+            listed; they get no inner optimizer and no hook.
+        inner_factory: called once per trainable parameter with ``[{**group_hyperparams, "params": [p]}]``;
+            must return an optimizer owning exactly that one parameter.
+        clip_per_param: if set, each parameter's gradient is clipped to this L2 norm before its step.
+            Global clipping is impossible here: it needs every gradient at once.
+
+    Attributes:
+        should_step: a bool or a zero-argument callable; while it is false the hooks leave gradients to
+            accumulate in ``.grad`` (non-final micro-batches of gradient accumulation).
+        last_grad_norm: L2 norm (float tensor, before clipping) over the gradients stepped since the
+            previous ``step()``; ``None`` before the first ``step()``.
+    """
+
+    def __init__(
+        self,
+        param_groups: Iterable[dict[str, Any]] | Iterable[torch.Tensor],
+        inner_factory: InnerFactory,
+        *,
+        clip_per_param: float | None = None,
+    ) -> None:
+        if clip_per_param is not None and not clip_per_param > 0:
+            raise ValueError(f"clip_per_param must be a positive norm, got {clip_per_param}")
+        # Set before torch's __init__, which calls add_param_group for the constructor's groups.
+        self._initialised = False
+        self._inner_factory = inner_factory
+        self._clip_per_param = clip_per_param
+        self._inner: dict[torch.Tensor, torch.optim.Optimizer] = {}
+        self._group_index: dict[torch.Tensor, int] = {}
+        # Per parameter: the outer-group values its inner optimizer last received. Only keys whose outer
+        # value changed since are pushed, so values an inner optimizer keeps in its own group (schedule-free's
+        # k/train_mode/weight_sum, Prodigy's d) are not reset every step.
+        self._synced: dict[torch.Tensor, dict[str, Any]] = {}
+        # Per group: the parameter whose inner group speaks for the group when inner-owned values are copied
+        # back to the outer group (the most recently stepped one, as a parameter without gradients lags).
+        self._representative: dict[int, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        self._hooks_active = True
+        self._sq_norms: list[torch.Tensor] = []
+        self.should_step: Callable[[], bool] | bool = _always_true
+        self.last_grad_norm: torch.Tensor | None = None
+
+        # Copies: torch rewrites the group dicts it is given, and the caller's dicts stay theirs.
+        groups = [dict(g) if isinstance(g, dict) else g for g in param_groups]
+        super().__init__(groups, defaults={})
+        self._finalizer = weakref.finalize(self, _remove_handles, self._handles)
+        # At interpreter exit there is nothing left to protect, and torch may already be half torn down.
+        self._finalizer.atexit = False
+        self._attach(range(len(self.param_groups)))
+        self.state = _InnerStateView(self._inner)  # type: ignore[assignment]
+        self._initialised = True
+
+    # ----------------------------------------------------------------------------------------- set-up
+
+    def _attach(self, group_indices: Iterable[int]) -> None:
+        """Builds the inner optimizers of these groups, then hooks their parameters: all or nothing."""
+        built: dict[torch.Tensor, tuple[int, torch.optim.Optimizer, dict[str, Any]]] = {}
+        for gi in group_indices:
+            group = self.param_groups[gi]
+            hyper = _hyperparams(group)
+            for p in group["params"]:
+                if not p.requires_grad:
+                    continue
+                if p in built or p in self._inner:
+                    raise ValueError("a parameter appears more than once in the layer-wise optimizer")
+                if self._hooks_active:
+                    self._check_not_owned(p)
+                inner = self._inner_factory([{**hyper, "params": [p]}])
+                inner_groups = getattr(inner, "param_groups", None)
+                if (
+                    not inner_groups
+                    or len(inner_groups) != 1
+                    or len(inner_groups[0]["params"]) != 1
+                    or inner_groups[0]["params"][0] is not p
+                ):
+                    raise ValueError(
+                        "inner_factory must return an optimizer with exactly one param group holding "
+                        f"exactly the given parameter, got {type(inner).__name__}"
+                    )
+                built[p] = (gi, inner, hyper)
+
+        handles: list[RemovableHandle] = []
+        if self._hooks_active:
+            hook = _make_hook(weakref.ref(self))
+            try:
+                for p in built:
+                    handles.append(p.register_post_accumulate_grad_hook(hook))
+            except BaseException:
+                _remove_handles(handles)
+                raise
+
+        for p, (gi, inner, hyper) in built.items():
+            group = self.param_groups[gi]
+            synced = dict(hyper)
+            for k, v in _hyperparams(inner.param_groups[0]).items():
+                # The inner optimizer's defaults become visible (and schedulable) on the outer group.
+                group.setdefault(k, v)
+                synced.setdefault(k, v)
+            self._inner[p] = inner
+            self._group_index[p] = gi
+            self._synced[p] = synced
+            self._representative.setdefault(gi, p)
+        self._handles.extend(handles)
+
+    def _check_not_owned(self, param: torch.Tensor) -> None:
+        """Refuses a parameter another live, ungated layer-wise optimizer steps: the first hook would win.
+
+        An owner whose ``should_step`` was replaced (a Trainer gates it to its own training steps) is
+        inert outside them, so a second optimizer on the same model may coexist with it.
+        """
+        if not _active_owners(param):
+            return
+        # An unreachable optimizer stuck in a reference cycle is not a real owner: collect it and look again.
+        gc.collect()
+        if _active_owners(param):
+            raise ValueError(
+                "a parameter is already stepped in backward by another live LayerwiseOptimizer; "
+                "call remove_hooks() on that one (or drop every reference to it) first"
+            )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group and, once constructed, builds and hooks inner optimizers for its trainable params."""
+        if not self._initialised:
+            # torch's __init__ adding the constructor's groups; __init__ attaches them all at once.
+            super().add_param_group(param_group)
+            return
+        super().add_param_group(dict(param_group))
+        try:
+            self._attach([len(self.param_groups) - 1])
+        except BaseException:
+            self.param_groups.pop()
+            raise
+
+    # ----------------------------------------------------------------------------------------- stepping
+
+    def _stepping_enabled(self) -> bool:
+        should_step = self.should_step
+        return bool(should_step()) if callable(should_step) else bool(should_step)
+
+    def _on_grad_ready(self, param: torch.Tensor) -> None:
+        if not self._stepping_enabled():
+            return
+        inner = self._inner.get(param)
+        if inner is not None and param.grad is not None:
+            self._step_param(param, inner)
+
+    def _sync_hyperparams(self, param: torch.Tensor, inner: torch.optim.Optimizer) -> None:
+        group = self.param_groups[self._group_index[param]]
+        inner_group = inner.param_groups[0]
+        synced = self._synced[param]
+        for k, v in group.items():
+            if k not in _NOT_HYPERPARAMS and synced.get(k, _MISSING) is not v:
+                inner_group[k] = v
+                synced[k] = v
+
+    def _step_param(self, param: torch.Tensor, inner: torch.optim.Optimizer) -> None:
+        self._sync_hyperparams(param, inner)
+        grad = param.grad
+        if grad is None:
+            return
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(grad, dtype=torch.promote_types(grad.dtype, torch.float32))
+            self._sq_norms.append(norm.square())
+            if self._clip_per_param is not None:
+                torch.nn.utils.clip_grads_with_norm_([param], self._clip_per_param, norm)
+        inner.step()
+        param.grad = None
+        self._representative[self._group_index[param]] = param
+
+    def _pull_inner_values(self) -> None:
+        """Copies values inner optimizers changed in their own group back to the outer groups.
+
+        Schedule-free keeps k/train_mode/weight_sum in its group, Prodigy keeps d: the outer groups must show
+        them, for state_dict (resume) and for callers reading ``param_groups[0]["train_mode"]``. A value the
+        outer group changed since the last push (a scheduler's new lr) wins over the inner one.
+        """
+        for gi, group in enumerate(self.param_groups):
+            rep = self._representative.get(gi)
+            if rep is None:
+                continue
+            synced = self._synced[rep]
+            changed: dict[str, Any] = {}
+            for k, v in _hyperparams(self._inner[rep].param_groups[0]).items():
+                last_pushed = synced.get(k, _MISSING)
+                if v is last_pushed or (k in group and group[k] is not last_pushed):
+                    continue
+                changed[k] = v
+            if not changed:
+                continue
+            group.update(changed)
+            # The other inner optimizers hold these values already (they stepped alongside), so marking them
+            # as pushed keeps the next hook from writing them back over their own.
+            for p in group["params"]:
+                if p in self._synced:
+                    self._synced[p].update(changed)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Finalises a step whose updates already happened in backward.
+
+        The closure (forward + backward, which does the updates) runs first, as in torch optimizers.
+        Trainable parameters that still hold a gradient (set by hand, or produced while the hooks were
+        removed) are stepped now; parameters without a gradient are left alone.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self._stepping_enabled():
+            for p, inner in self._inner.items():
+                if p.grad is not None:
+                    self._step_param(p, inner)
+
+        self.last_grad_norm = self._pending_grad_norm()
+        self._sq_norms = []
+        self._pull_inner_values()
+        return loss
+
+    def _pending_grad_norm(self) -> torch.Tensor:
+        sq_norms = self._sq_norms
+        if not sq_norms:
+            return torch.zeros((), device=self._any_device())
+        device = sq_norms[0].device
+        return torch.stack([n.to(device) for n in sq_norms]).sum().sqrt()
+
+    def grad_norm(self) -> torch.Tensor:
+        """Norm of the gradients of the current step, usable between backward and ``step()``.
+
+        The HF Trainer reads the gradient norm before calling ``step()``; once ``step()`` has run (and until
+        the next hook fires) this is ``last_grad_norm``.
+        """
+        if self._sq_norms or self.last_grad_norm is None:
+            return self._pending_grad_norm()
+        return self.last_grad_norm
+
+    def _any_device(self) -> torch.device:
+        for group in self.param_groups:
+            for p in group["params"]:
+                return p.device
+        return torch.device("cpu")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    if p.grad.grad_fn is not None:
+                        p.grad.detach_()
+                    else:
+                        p.grad.requires_grad_(False)
+                    p.grad.zero_()
+
+    def train(self) -> None:
+        """Forwards to inner optimizers that have a train mode (schedule-free); a no-op otherwise."""
+        self._forward_mode("train")
+
+    def eval(self) -> None:
+        """Forwards to inner optimizers that have an eval mode (schedule-free); a no-op otherwise."""
+        self._forward_mode("eval")
+
+    def _forward_mode(self, name: str) -> None:
+        for inner in self._inner.values():
+            method = getattr(inner, name, None)
+            if callable(method):
+                method()
+        self._pull_inner_values()
+
+    # ----------------------------------------------------------------------------------------- lifetime
+
+    def remove_hooks(self) -> None:
+        """Detaches from autograd for good; ``step()`` then steps whatever gradients are present."""
+        self._hooks_active = False
+        _remove_handles(self._handles)
+
+    @property
+    def hooks_installed(self) -> bool:
+        return bool(self._handles)
+
+    @property
+    def inner_optimizers(self) -> Mapping[torch.Tensor, torch.optim.Optimizer]:
+        return MappingProxyType(self._inner)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy would share parameters but not hooks, and so would silently never step.
+        raise TypeError(f"{type(self).__name__} cannot be pickled or copied; save its state_dict() instead")
+
+    def __repr__(self) -> str:
+        inner_names = "/".join(sorted({type(o).__name__ for o in self._inner.values()})) or "none"
+        n_params = sum(len(g["params"]) for g in self.param_groups)
+        return (
+            f"{type(self).__name__}(inner={inner_names}, params={len(self._inner)}, "
+            f"frozen={n_params - len(self._inner)}, groups={len(self.param_groups)}, "
+            f"hooks={'installed' if self.hooks_installed else 'removed'})"
+        )
+
+    # ----------------------------------------------------------------------------------------- state
+
+    @staticmethod
+    def _pack_inner_state(inner_sd: dict[str, Any]) -> dict[str, Any]:
+        """Turns one inner optimizer's state for its parameter into what ``state_dict`` stores (identity)."""
+        return inner_sd
+
+    @staticmethod
+    def _unpack_inner_state(packed: dict[str, Any]) -> dict[str, Any]:
+        """Inverse of `_pack_inner_state`, applied by ``load_state_dict`` (identity)."""
+        return packed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Torch-layout state: per-parameter inner state under torch's parameter index."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        self._pull_inner_values()
+        packed_groups: list[dict[str, Any]] = []
+        state: dict[int, dict[str, Any]] = {}
+        index = 0
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(index, index + len(group["params"])))
+            packed_groups.append(packed)
+            for p in group["params"]:
+                inner = self._inner.get(p)
+                if inner is not None:
+                    inner_state = inner.state_dict()["state"]
+                    if len(inner_state) > 1:
+                        raise RuntimeError(f"{type(inner).__name__} holds state for more than its one parameter")
+                    if inner_state:
+                        state[index] = self._pack_inner_state(next(iter(inner_state.values())))
+                index += 1
+        state_dict: dict[str, Any] = {"state": state, "param_groups": packed_groups}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the outer groups' hyperparameters, then each inner optimizer through its own loader."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for group, saved in zip(self.param_groups, saved_groups, strict=True):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError("loaded state dict contains a parameter group of a different size")
+
+        for group, saved in zip(self.param_groups, saved_groups, strict=True):
+            # Deep copy as torch does: the caller may reuse its dict, and containers must not be shared.
+            loaded = copy.deepcopy({k: v for k, v in saved.items() if k != "params"})
+            if "param_names" in group and "param_names" not in loaded:
+                loaded["param_names"] = group["param_names"]
+            params = group["params"]
+            # In place: the group dicts' identity is kept for anything holding on to them.
+            group.clear()
+            group.update(loaded)
+            group["params"] = params
+            hyper = _hyperparams(group)
+            for p, saved_index in zip(params, saved["params"], strict=True):
+                inner = self._inner.get(p)
+                if inner is None:
+                    continue
+                one_param_state = {}
+                if saved_index in saved_state:
+                    one_param_state[0] = self._unpack_inner_state(saved_state[saved_index])
+                inner.load_state_dict({"state": one_param_state, "param_groups": [{**hyper, "params": [0]}]})
+                # Share the outer objects again (the inner loader deep-copied them), so in-place changes
+                # such as a scheduler filling a tensor lr keep reaching the inner optimizer.
+                inner_group = inner.param_groups[0]
+                inner_group.update(hyper)
+                self._synced[p] = _hyperparams(inner_group)
+
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
