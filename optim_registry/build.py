@@ -176,6 +176,8 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
     """
     spec = spec_for(_name_of(args))
     deps.check(spec.name, spec.requires)
+    if spec.unsupported:
+        raise ValueError(f"optim={spec.name!r} cannot train through the Trainer: {spec.unsupported}")
     ctx = make_context(args, model, spec)
     if spec.builder is not None:
         builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder

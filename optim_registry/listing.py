@@ -22,6 +22,7 @@ class OptimizerInfo:
     options: dict[str, dict[str, Any]]
     hparams: list[str]
     needs_gpu: str | None
+    unsupported: str | None
     layerwise: bool
     supports_layerwise: bool
     protocol: str
@@ -55,6 +56,7 @@ def info(spec: OptimizerSpec, providers: list[tuple[str, str | None, bool]] | No
         options=options,
         hparams=sorted(spec.hparams),
         needs_gpu=spec.needs_gpu,
+        unsupported=spec.unsupported,
         layerwise=spec.layerwise,
         supports_layerwise=spec.supports_layerwise,
         protocol=spec.protocol,
@@ -72,7 +74,7 @@ def _plugin_info(name: str, providers: list[tuple[str, str | None, bool]]) -> Op
     return OptimizerInfo(
         name=name, description=f"plugin ({providers[0][1]})", family="plugin", requires=[],
         available=all(p[2] for p in providers), source=source, options={}, hparams=[], needs_gpu=None,
-        layerwise=False, supports_layerwise=False, protocol="step", state_bytes=None, install=None,
+        unsupported=None, layerwise=False, supports_layerwise=False, protocol="step", state_bytes=None, install=None,
         importable=all(p[2] for p in providers), providers=[p[0] for p in providers],
     )
 

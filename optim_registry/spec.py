@@ -104,6 +104,9 @@ class OptimizerSpec:
     protocol: str = "step"
     #: ``None`` when it runs on CPU; otherwise why it needs a GPU.
     needs_gpu: str | None = None
+    #: ``None``, or why this optimizer cannot train under the Trainer's step protocol at all (it is
+    #: listed, and refused with this reason when the arguments are created).
+    unsupported: str | None = None
     #: The optimizer warms the rate up itself (schedule-free): the Trainer's schedule gets no warm-up.
     owns_warmup: bool = False
     #: Keep ``nn.Embedding`` state in 32 bits (8-bit bitsandbytes optimizers).

@@ -39,6 +39,8 @@ def validate_training_args(args: Any) -> None:
     name = _plain(args.optim)
     spec = optimizers.get(name)
     deps.check(spec.name, spec.requires)
+    if spec.unsupported:
+        raise ValueError(f"optim={name!r} cannot train through the Trainer: {spec.unsupported}")
     build.parse_optim_args(spec, getattr(args, "optim_args", None))
     check_scheduler_args(args)
     ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
