@@ -42,7 +42,7 @@ def ordered_by_closeness(word: str, candidates: Iterable[str]) -> list[str]:
     return sorted(candidates, key=lambda c: -difflib.SequenceMatcher(None, word, c).ratio())
 
 
-def split_pairs(text: str) -> list[tuple[str, str]]:
+def split_pairs(text: str, where: str = "optim_args") -> list[tuple[str, str]]:
     """Split ``"a=1, b=(0.9,0.95),"`` into ``[("a", "1"), ("b", "(0.9,0.95)")]``.
 
     Commas inside brackets belong to the value; a trailing comma and spaces around tokens are
@@ -53,9 +53,9 @@ def split_pairs(text: str) -> list[tuple[str, str]]:
         try:
             loaded = json.loads(stripped)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"optim_args {text!r} looks like JSON but does not parse: {exc}") from None
+            raise ValueError(f"{where} {text!r} looks like JSON but does not parse: {exc}") from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"optim_args {text!r}: a JSON value must be an object")
+            raise ValueError(f"{where} {text!r}: a JSON value must be an object")
         return [(str(k), v) for k, v in loaded.items()]
     tokens: list[str] = []
     depth, start = 0, 0
@@ -65,12 +65,12 @@ def split_pairs(text: str) -> list[tuple[str, str]]:
         elif ch in ")]}":
             depth -= 1
             if depth < 0:
-                raise ValueError(f"optim_args {text!r}: unbalanced {ch!r} at position {i}")
+                raise ValueError(f"{where} {text!r}: unbalanced {ch!r} at position {i}")
         elif ch == "," and depth == 0:
             tokens.append(stripped[start:i])
             start = i + 1
     if depth != 0:
-        raise ValueError(f"optim_args {text!r}: unbalanced brackets")
+        raise ValueError(f"{where} {text!r}: unbalanced brackets")
     tokens.append(stripped[start:])
     pairs = []
     for token in tokens:
@@ -78,29 +78,29 @@ def split_pairs(text: str) -> list[tuple[str, str]]:
             continue
         if "=" not in token:
             raise ValueError(
-                f"optim_args token {token.strip()!r} has no '='; write key=value pairs separated by commas, "
+                f"{where} token {token.strip()!r} has no '='; write key=value pairs separated by commas, "
                 "and put values that contain commas in brackets, e.g. betas=(0.9,0.95)"
             )
         key, value = token.split("=", 1)
         key = key.strip()
         if not key:
-            raise ValueError(f"optim_args token {token.strip()!r} has an empty key")
+            raise ValueError(f"{where} token {token.strip()!r} has an empty key")
         pairs.append((key, value.strip()))
     return pairs
 
 
-def to_mapping(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
+def to_mapping(raw: str | Mapping[str, Any] | None, where: str = "optim_args") -> dict[str, Any]:
     """Raw ``optim_args`` as a dict of (still untyped) values; duplicated keys are an error."""
     if raw is None:
         return {}
     if isinstance(raw, Mapping):
         return dict(raw)
     if not isinstance(raw, str):
-        raise ValueError(f"optim_args must be a 'k=v,k=v' string or a dict, not {type(raw).__name__}")
+        raise ValueError(f"{where} must be a 'k=v,k=v' string or a dict, not {type(raw).__name__}")
     out: dict[str, Any] = {}
-    for key, value in split_pairs(raw):
+    for key, value in split_pairs(raw, where):
         if key in out:
-            raise ValueError(f"optim_args key {key!r} is given twice")
+            raise ValueError(f"{where} key {key!r} is given twice")
         out[key] = value
     return out
 
@@ -222,7 +222,7 @@ def parse_options(
     """
     declared = {o.name: o for o in options}
     typed: dict[str, Any] = {}
-    for key, value in to_mapping(raw).items():
+    for key, value in to_mapping(raw, where).items():
         option = declared.get(key)
         if option is None:
             accepted = ordered_by_closeness(key, declared)

@@ -2,7 +2,9 @@
 
 A scheduler record names a function ``(optimizer, num_warmup_steps, num_training_steps, **kwargs)``
 or an ``LRScheduler`` subclass, declares its typed options, and says whether it needs evaluation
-metrics. ``lr_scheduler_kwargs`` is parsed against those options in ``optim_args.parse_options``.
+metrics. ``lr_scheduler_kwargs`` (a dict, a JSON string or ``"k=v,k=v"``) is parsed against those
+options in ``optim_args.parse_options``. transformers' names point at transformers' own functions;
+the extra names live in ``builtin_schedulers`` (records) and ``schedules`` (functions).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from .catalog import SCHEDULER_GROUP
@@ -32,14 +35,88 @@ class SchedulerSpec:
     takes: frozenset[str] = frozenset(_STEP_ARGS)
     #: Stepped with evaluation metrics (ReduceLROnPlateau, GreedyLR): needs eval during training.
     needs_eval: bool = False
-    #: A ``(ctx) -> LRScheduler`` function replacing the generic call, for schedulers that need more.
+    #: ``(optimizer, num_warmup_steps, num_training_steps, kwargs, args) -> scheduler`` replacing the
+    #: generic call, for names whose kwargs must be converted first (ratios, absolute rates).
     builder: str | Callable[..., Any] | None = None
+    #: ``(typed_kwargs) -> None`` raising ``ValueError`` for combinations no single option can refuse
+    #: (a count and a ratio of the same phase); run when the arguments are created.
+    check: Callable[[dict[str, Any]], None] | None = None
     source: str = "builtin"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def option_map(self) -> dict[str, Option]:
         return {o.name: o for o in self.options}
+
+
+def reference_lr(optimizer: Any, args: Any = None) -> float:
+    """The rate absolute scheduler options are relative to: ``optimizer.defaults['lr']`` as transformers
+    reads it, else ``args.learning_rate`` (layer-wise optimizers carry no defaults), else the first group's."""
+    for value in (getattr(optimizer, "defaults", {}).get("lr"), getattr(args, "learning_rate", None)):
+        if value is not None and not isinstance(value, bool):
+            return float(value)
+    group = optimizer.param_groups[0]
+    return float(group.get("initial_lr", group["lr"]))
+
+
+def _one_of(kwargs: dict[str, Any], name: str, keys: tuple[str, str], *, required: bool, hint: str) -> None:
+    given = [k for k in keys if kwargs.get(k) is not None]
+    if len(given) > 1:
+        raise ValueError(
+            f"lr_scheduler_type={name!r}: lr_scheduler_kwargs sets both {keys[0]!r} and {keys[1]!r}; keep one ({hint})"
+        )
+    if required and not given:
+        raise ValueError(
+            f"lr_scheduler_type={name!r} needs lr_scheduler_kwargs {keys[0]!r} or {keys[1]!r} ({hint}), "
+            f"e.g. lr_scheduler_kwargs='{keys[1]}=0.1'"
+        )
+
+
+def _check_min_lr(kwargs: dict[str, Any], *, name: str) -> None:
+    _one_of(kwargs, name, ("min_lr", "min_lr_rate"), required=True,
+            hint="min_lr is absolute, min_lr_rate a fraction of the learning rate")
+
+
+def _build_min_lr(optimizer: Any, warmup: int, total: int, kwargs: dict[str, Any], args: Any, *, target: str) -> Any:
+    from . import deps
+
+    kwargs = dict(kwargs)
+    min_lr = kwargs.pop("min_lr", None)
+    if min_lr is not None:  # transformers divides by optimizer.defaults["lr"]; so do we, when it exists
+        kwargs["min_lr_rate"] = min_lr / reference_lr(optimizer, args)
+    return deps.import_object(target)(optimizer, warmup, total, **kwargs)
+
+
+def _build_polynomial(optimizer: Any, warmup: int, total: int, kwargs: dict[str, Any], args: Any) -> Any:
+    from .schedules import get_polynomial_schedule
+
+    return get_polynomial_schedule(optimizer, warmup, total, lr_init=reference_lr(optimizer, args), **kwargs)
+
+
+_WSD_PHASES = ("num_decay_steps", "decay_ratio", "num_stable_steps", "stable_ratio")
+
+
+def _check_wsd(kwargs: dict[str, Any]) -> None:
+    from .schedules import wsd_phase_steps
+
+    wsd_phase_steps(1, **{k: kwargs[k] for k in _WSD_PHASES if k in kwargs})
+
+
+def _build_wsd(optimizer: Any, warmup: int, total: int, kwargs: dict[str, Any], args: Any) -> Any:
+    from transformers.optimization import get_wsd_schedule
+
+    from .schedules import wsd_phase_steps
+
+    kwargs = dict(kwargs)
+    decay, stable = wsd_phase_steps(total, **{k: kwargs.pop(k) for k in _WSD_PHASES if k in kwargs})
+    if stable is None and warmup + decay > total:
+        raise ValueError(
+            f"warmup_stable_decay: warm-up ({warmup}) + decay ({decay}) steps exceed the {total} training steps; "
+            "shorten one of them (lr_scheduler_kwargs decay_ratio / num_decay_steps, TrainingArguments.warmup_steps)"
+        )
+    # transformers warns when both are given; with the stable phase known, the total is not needed.
+    return get_wsd_schedule(optimizer, warmup, decay, num_training_steps=None if stable is not None else total,
+                            num_stable_steps=stable, **kwargs)
 
 
 _TF = "transformers.optimization"
@@ -61,10 +138,14 @@ BUILTIN = (
         "cosine_warmup_with_min_lr", f"{_TF}:get_cosine_with_min_lr_schedule_with_warmup_lr_rate",
         "Warm-up from a fraction of the rate, then cosine decay to a minimum.",
         options=(_CYCLES, *_MIN_LR, opt("warmup_lr_rate", "float", None, "warm-up start as a fraction")),
+        builder=partial(_build_min_lr, target=f"{_TF}:get_cosine_with_min_lr_schedule_with_warmup_lr_rate"),
+        check=partial(_check_min_lr, name="cosine_warmup_with_min_lr"),
     ),
     SchedulerSpec(
         "cosine_with_min_lr", f"{_TF}:get_cosine_with_min_lr_schedule_with_warmup",
         "Linear warm-up, then cosine decay to a minimum learning rate.", options=(_CYCLES, *_MIN_LR),
+        builder=partial(_build_min_lr, target=f"{_TF}:get_cosine_with_min_lr_schedule_with_warmup"),
+        check=partial(_check_min_lr, name="cosine_with_min_lr"),
     ),
     SchedulerSpec(
         "cosine_with_restarts", f"{_TF}:get_cosine_with_hard_restarts_schedule_with_warmup",
@@ -101,6 +182,7 @@ BUILTIN = (
         "polynomial", f"{_TF}:get_polynomial_decay_schedule_with_warmup",
         "Linear warm-up, then polynomial decay to lr_end.",
         options=(opt("lr_end", "float", 1e-7, "final learning rate"), opt("power", "float", 1.0, "power")),
+        builder=_build_polynomial,
     ),
     SchedulerSpec(
         "reduce_lr_on_plateau", f"{_TF}:get_reduce_on_plateau_schedule",
@@ -119,15 +201,18 @@ BUILTIN = (
     ),
     SchedulerSpec(
         "warmup_stable_decay", f"{_TF}:get_wsd_schedule",
-        "Warm-up, stable phase, then decay (WSD).",
+        "Warm-up, stable phase, then decay (WSD); phases as step counts or fractions of the run.",
         options=(
-            opt("num_decay_steps", "int", None, "steps of the decay phase"),
-            opt("num_stable_steps", "int", None, "steps of the stable phase"),
+            opt("num_decay_steps", "int", None, "steps of the decay phase (or decay_ratio)"),
+            opt("decay_ratio", "float", None, "decay phase as a fraction of the run (or num_decay_steps)"),
+            opt("num_stable_steps", "int", None, "steps of the stable phase (default: what warm-up and decay leave)"),
+            opt("stable_ratio", "float", None, "stable phase as a fraction of the run (or num_stable_steps)"),
             opt("warmup_type", "str", "linear", "linear, cosine or 1-sqrt", choices=("linear", "cosine", "1-sqrt")),
             opt("decay_type", "str", "cosine", "linear, cosine or 1-sqrt", choices=("linear", "cosine", "1-sqrt")),
             opt("min_lr_ratio", "float", 0.0, "final rate as a fraction of the initial one"),
             _CYCLES,
         ),
+        builder=_build_wsd, check=_check_wsd,
     ),
 )
 
@@ -144,7 +229,12 @@ def _builtin_schedulers() -> list[SchedulerSpec]:
 
 
 def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | None = None) -> SchedulerSpec:
-    """A scheduler record for an ``LRScheduler`` subclass, a scheduler function or a ``SchedulerSpec``."""
+    """A scheduler record for an ``LRScheduler`` subclass, a scheduler function or a ``SchedulerSpec``.
+
+    Options are typed from the signature's defaults (``optimizer``, ``last_epoch``, ``verbose`` and the
+    step counts excluded). A ``ReduceLROnPlateau`` / ``GreedyLR`` subclass is marked ``needs_eval``: the
+    Trainer steps those with evaluation metrics.
+    """
     import torch
 
     from .build import signature_options
@@ -166,9 +256,18 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
         "description": ((obj.__doc__ or name).strip().splitlines() or [name])[0],
         "options": signature_options(obj, skip=skip),
         "takes": takes,
+        "needs_eval": isinstance(obj, type) and issubclass(obj, _metric_driven_types()),
     }
     fields.update(meta)
     return SchedulerSpec(name=name, source=source, **fields)
+
+
+def _metric_driven_types() -> tuple[type, ...]:
+    """The scheduler types the stock Trainer steps with ``metrics[metric_for_best_model]``."""
+    import torch
+    from transformers.optimization import GreedyLR
+
+    return (torch.optim.lr_scheduler.ReduceLROnPlateau, GreedyLR)
 
 
 schedulers: Registry[SchedulerSpec] = Registry(
@@ -197,21 +296,26 @@ def _name_of(args: Any) -> str:
 
 
 def parse_scheduler_kwargs(spec: SchedulerSpec, raw: Any) -> dict[str, Any]:
-    """Typed ``lr_scheduler_kwargs``; the step counts belong to the Trainer, not the kwargs."""
-    if isinstance(raw, dict) or isinstance(raw, str):
-        from .optim_args import to_mapping
+    """Typed ``lr_scheduler_kwargs`` for ``spec``: a dict, a JSON object string or ``"k=v,k=v"``.
 
-        mapping = to_mapping(raw) if raw else {}
-        clash = [k for k in _STEP_ARGS if k in mapping]
-        if clash:
-            raise ValueError(
-                f"lr_scheduler_kwargs key {clash[0]!r} is set by the Trainer from max_steps / warmup_steps; "
-                "remove it from lr_scheduler_kwargs and set TrainingArguments.warmup_steps / max_steps instead"
-            )
-        raw = mapping
-    return parse_options(
-        raw, spec.options, subject=f"lr_scheduler_type={spec.name!r}", where="lr_scheduler_kwargs"
+    Values are typed by the declared options (``"1e-6"`` from YAML becomes a float); an unknown key or a
+    wrong type is a ``ValueError`` naming the key. The step counts belong to the Trainer, not the kwargs.
+    """
+    from .optim_args import to_mapping
+
+    mapping = to_mapping(raw, "lr_scheduler_kwargs") if raw else {}
+    clash = [k for k in _STEP_ARGS if k in mapping]
+    if clash:
+        raise ValueError(
+            f"lr_scheduler_kwargs key {clash[0]!r} is set by the Trainer from max_steps / warmup_steps; "
+            "remove it from lr_scheduler_kwargs and set TrainingArguments.warmup_steps / max_steps instead"
+        )
+    typed = parse_options(
+        mapping, spec.options, subject=f"lr_scheduler_type={spec.name!r}", where="lr_scheduler_kwargs"
     )
+    if spec.check is not None:
+        spec.check(typed)
+    return typed
 
 
 def create_scheduler(args: Any, optimizer: Any, num_training_steps: int, *, warmup: int | None = None) -> Any:
@@ -228,15 +332,29 @@ def create_scheduler(args: Any, optimizer: Any, num_training_steps: int, *, warm
         warmup = args.get_warmup_steps(num_training_steps) if hasattr(args, "get_warmup_steps") else 0
     if spec.builder is not None:
         builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
-        return builder(optimizer, warmup, num_training_steps, kwargs, args)
-    target = deps.import_object(spec.target) if isinstance(spec.target, str) else spec.target
-    steps = {"num_warmup_steps": warmup, "num_training_steps": num_training_steps}
-    call = {k: v for k, v in steps.items() if k in spec.takes}
-    return target(optimizer, **call, **kwargs)
+        scheduler = builder(optimizer, warmup, num_training_steps, kwargs, args)
+    else:
+        target = deps.import_object(spec.target) if isinstance(spec.target, str) else spec.target
+        steps = {"num_warmup_steps": warmup, "num_training_steps": num_training_steps}
+        call = {k: v for k, v in steps.items() if k in spec.takes}
+        scheduler = target(optimizer, **call, **kwargs)
+    if spec.needs_eval and not isinstance(scheduler, _metric_driven_types()):
+        # The stock Trainer passes metrics only to these types; anything else would be stepped every
+        # optimizer step without them.
+        raise ValueError(
+            f"lr_scheduler_type={spec.name!r} is declared metric-driven (needs_eval) but built a "
+            f"{type(scheduler).__name__}; the Trainer steps only ReduceLROnPlateau / GreedyLR (and subclasses) "
+            "with evaluation metrics. Subclass one of them, or register the scheduler without needs_eval."
+        )
+    return scheduler
 
 
 def check_scheduler_args(args: Any) -> None:
-    """Early checks when TrainingArguments are created: the name, kwargs and evaluation need."""
+    """Early checks when TrainingArguments are created: the name, kwargs and evaluation need.
+
+    Also gives metric-driven names the default transformers gives its own (``reduce_lr_on_plateau``,
+    ``greedy``): ``metric_for_best_model="loss"`` (lower is better), which the Trainer steps them with.
+    """
     spec = schedulers.get(_name_of(args))
     parse_scheduler_kwargs(spec, getattr(args, "lr_scheduler_kwargs", None))
     strategy = str(getattr(getattr(args, "eval_strategy", "no"), "value", getattr(args, "eval_strategy", "no")))
@@ -245,3 +363,7 @@ def check_scheduler_args(args: Any) -> None:
             f"lr_scheduler_type={spec.name!r} changes the rate from evaluation results, but eval_strategy='no'. "
             "Set eval_strategy='steps' (with eval_steps) or 'epoch', and pass an eval_dataset."
         )
+    if spec.needs_eval and hasattr(args, "metric_for_best_model") and args.metric_for_best_model is None:
+        args.metric_for_best_model = "loss"
+        if getattr(args, "greater_is_better", None) is None:
+            args.greater_is_better = False

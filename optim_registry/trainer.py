@@ -201,13 +201,19 @@ class OptimRegistryMixin:
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)  # type: ignore[misc]
 
+    def _get_learning_rate(self) -> Any:
+        # The loop calls this after optimizer.step() and before the scheduler steps: these are the rates
+        # the step just used. Read later, in ``log``, they would already be the next step's.
+        inner = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
+        self._group_rates = [_as_float(g.get("lr")) for g in inner.param_groups] if inner is not None else None
+        return super()._get_learning_rate()  # type: ignore[misc]
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Adds every param group's learning rate when they differ (the stock Trainer logs only the first)."""
-        if "learning_rate" in logs and self.optimizer is not None:
-            rates = [_as_float(g.get("lr")) for g in unwrap_optimizer(self.optimizer).param_groups]
-            if len({r for r in rates if r is not None}) > 1:
-                for i, rate in enumerate(rates):
-                    logs[f"learning_rate/group_{i}"] = rate
+        rates = getattr(self, "_group_rates", None)
+        if "learning_rate" in logs and rates and _groups_differ(unwrap_optimizer(self.optimizer)):
+            for i, rate in enumerate(rates):
+                logs[f"learning_rate/group_{i}"] = rate
         super().log(logs, *args, **kwargs)  # type: ignore[misc]
 
     # -- protocols --------------------------------------------------------------------------------
@@ -273,6 +279,13 @@ class OptimRegistryMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         with self._optimizer_eval_mode():
             super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+
+
+def _groups_differ(optimizer: Any) -> bool:
+    """Whether the groups were given different rates, judged on the schedule's starting rates so the
+    columns do not come and go when the schedule makes every rate equal (0 in warm-up or at the end)."""
+    starts = {_as_float(g.get("initial_lr", g.get("lr"))) for g in getattr(optimizer, "param_groups", None) or []}
+    return len(starts - {None}) > 1
 
 
 def _as_float(value: Any) -> float | None:

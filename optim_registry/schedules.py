@@ -1,0 +1,269 @@
+"""Learning-rate schedule functions beyond transformers' own, each ``(optimizer, num_warmup_steps, num_training_steps, **kw)``.
+
+All but ``get_one_cycle_schedule`` return a ``LambdaLR``: it multiplies every param group's initial
+rate by the same factor, so composite optimizers (Muon + AdamW) and layer-wise optimizers, whose
+``param_groups`` are the real groups, keep their per-group ratios while following the schedule. The
+factors are module-level functions bound with ``functools.partial`` so a scheduler pickles and its
+``state_dict`` round-trips. Warm-up is linear from 0, as in transformers, unless a schedule says otherwise.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
+
+
+def _warmup_factor(step: int, num_warmup_steps: int) -> float:
+    return float(step) / float(max(1, num_warmup_steps))
+
+
+# -- REX ------------------------------------------------------------------------------------------
+def _rex_lambda(step: int, *, num_warmup_steps: int, num_training_steps: int, min_lr_ratio: float) -> float:
+    if step < num_warmup_steps:
+        return _warmup_factor(step, num_warmup_steps)
+    t = min(1.0, (step - num_warmup_steps) / max(1, num_training_steps - num_warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - t) / (1.0 - t / 2.0)
+
+
+def get_rex_schedule(
+    optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int, min_lr_ratio: float = 0.0,
+    last_epoch: int = -1,
+) -> LambdaLR:
+    """REX (arXiv 2107.04197): linear warm-up, then ``(1 - t) / (1 - t/2)`` with ``t`` the decay progress.
+
+    Decays slowly at first and fast at the end; ``min_lr_ratio`` lifts the floor
+    (``factor = min + (1 - min) * rex(t)``).
+    """
+    _check_ratio("min_lr_ratio", min_lr_ratio)
+    return LambdaLR(optimizer, partial(
+        _rex_lambda, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps,
+        min_lr_ratio=min_lr_ratio,
+    ), last_epoch)
+
+
+# -- cosine with a warm-up in every cycle --------------------------------------------------------------
+def _cycle_bounds(step: int, num_training_steps: int, num_cycles: int) -> tuple[int, int]:
+    """Start and length of the cycle holding ``step``; cycles split the run as evenly as integers allow."""
+    cycle = min(num_cycles - 1, step * num_cycles // max(1, num_training_steps))
+    start = cycle * num_training_steps // num_cycles
+    end = (cycle + 1) * num_training_steps // num_cycles
+    return start, end - start
+
+
+def resolve_cycle_warmup(
+    num_warmup_steps: int, num_training_steps: int, num_cycles: int,
+    cycle_warmup_steps: int | None = None, cycle_warmup_ratio: float | None = None,
+) -> int:
+    """The warm-up of each cycle: the cycle option if given (a ratio is of one cycle), else the Trainer's."""
+    if cycle_warmup_steps is not None and cycle_warmup_ratio is not None:
+        raise ValueError(
+            "lr_scheduler_kwargs sets both 'cycle_warmup_steps' and 'cycle_warmup_ratio'; keep one "
+            "(a step count, or a fraction of each cycle)"
+        )
+    if cycle_warmup_ratio is not None:
+        _check_ratio("cycle_warmup_ratio", cycle_warmup_ratio)
+        cycle = num_training_steps // max(1, num_cycles)
+        own = math.ceil(cycle * cycle_warmup_ratio)
+    elif cycle_warmup_steps is not None:
+        if cycle_warmup_steps < 0:
+            raise ValueError(f"lr_scheduler_kwargs key 'cycle_warmup_steps' must be >= 0, got {cycle_warmup_steps}")
+        own = cycle_warmup_steps
+    else:
+        return num_warmup_steps
+    if num_warmup_steps and num_warmup_steps != own:
+        raise ValueError(
+            f"cosine_with_warmup_restarts got a warm-up of {num_warmup_steps} steps from TrainingArguments "
+            f"(warmup_steps) and {own} per cycle from lr_scheduler_kwargs; set warmup_steps=0 or drop "
+            "cycle_warmup_steps / cycle_warmup_ratio (without them, warmup_steps is each cycle's warm-up)"
+        )
+    return own
+
+
+def _cosine_warmup_restarts_lambda(
+    step: int, *, num_training_steps: int, num_cycles: int, cycle_warmup: int, min_lr_ratio: float
+) -> float:
+    if step >= num_training_steps:
+        return min_lr_ratio
+    start, length = _cycle_bounds(step, num_training_steps, num_cycles)
+    pos = step - start
+    warm = min(cycle_warmup, max(0, length - 1))
+    if pos < warm:
+        factor = pos / warm
+    else:
+        progress = (pos - warm) / max(1, length - warm)
+        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * factor
+
+
+def get_cosine_with_warmup_restarts_schedule(
+    optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int, num_cycles: int = 1,
+    min_lr_ratio: float = 0.0, cycle_warmup_steps: int | None = None, cycle_warmup_ratio: float | None = None,
+    last_epoch: int = -1,
+) -> LambdaLR:
+    """``num_cycles`` equal cycles, each a linear warm-up from ``min_lr_ratio`` to 1 then a cosine back down.
+
+    Each cycle warms up for ``cycle_warmup_steps`` (or ``cycle_warmup_ratio`` of a cycle); without them,
+    for the Trainer's warm-up steps. With ``num_cycles=1`` and ``min_lr_ratio=0`` it is transformers' ``cosine``.
+    """
+    if not 1 <= num_cycles <= max(1, num_training_steps):
+        raise ValueError(
+            f"lr_scheduler_kwargs key 'num_cycles' must be between 1 and the {num_training_steps} training steps, "
+            f"got {num_cycles}"
+        )
+    _check_ratio("min_lr_ratio", min_lr_ratio)
+    warm = resolve_cycle_warmup(num_warmup_steps, num_training_steps, num_cycles, cycle_warmup_steps, cycle_warmup_ratio)
+    return LambdaLR(optimizer, partial(
+        _cosine_warmup_restarts_lambda, num_training_steps=num_training_steps, num_cycles=num_cycles,
+        cycle_warmup=warm, min_lr_ratio=min_lr_ratio,
+    ), last_epoch)
+
+
+# -- step / multistep --------------------------------------------------------------------------------------
+def _step_lambda(step: int, *, num_warmup_steps: int, step_size: int, gamma: float) -> float:
+    warm = _warmup_factor(step, num_warmup_steps) if step < num_warmup_steps else 1.0
+    return warm * gamma ** (step // step_size)
+
+
+def get_step_schedule(
+    optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int, step_size: int | None = None,
+    gamma: float = 0.1, last_epoch: int = -1,
+) -> LambdaLR:
+    """torch's ``StepLR`` counted in optimizer steps (rate times ``gamma`` every ``step_size`` steps), after a
+    linear warm-up that multiplies it. With no warm-up it equals ``StepLR(optimizer, step_size, gamma)``."""
+    if step_size is None or step_size < 1:
+        raise ValueError(f"lr_scheduler_type='step' needs lr_scheduler_kwargs step_size=<steps >= 1>, got {step_size}")
+    return LambdaLR(optimizer, partial(
+        _step_lambda, num_warmup_steps=num_warmup_steps, step_size=step_size, gamma=gamma,
+    ), last_epoch)
+
+
+def _multistep_lambda(step: int, *, num_warmup_steps: int, milestones: tuple[int, ...], gamma: float) -> float:
+    warm = _warmup_factor(step, num_warmup_steps) if step < num_warmup_steps else 1.0
+    return warm * gamma ** bisect.bisect_right(milestones, step)
+
+
+def get_multistep_schedule(
+    optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int,
+    milestones: Sequence[int] | None = None, gamma: float = 0.1, last_epoch: int = -1,
+) -> LambdaLR:
+    """torch's ``MultiStepLR`` in optimizer steps: times ``gamma`` at each milestone (global step numbers),
+    after a linear warm-up that multiplies it."""
+    if not milestones:
+        raise ValueError(
+            "lr_scheduler_type='multistep' needs lr_scheduler_kwargs milestones=(<step>,<step>,...), e.g. "
+            "milestones=(1000,2000)"
+        )
+    if any(m < 0 for m in milestones):
+        raise ValueError(f"lr_scheduler_kwargs key 'milestones' must hold steps >= 0, got {tuple(milestones)}")
+    return LambdaLR(optimizer, partial(
+        _multistep_lambda, num_warmup_steps=num_warmup_steps, milestones=tuple(sorted(milestones)), gamma=gamma,
+    ), last_epoch)
+
+
+# -- polynomial with an explicit reference rate --------------------------------------------------------------
+def _polynomial_lambda(
+    step: int, *, num_warmup_steps: int, num_training_steps: int, lr_end: float, power: float, lr_init: float
+) -> float:
+    # transformers' formula, with lr_init given instead of read from optimizer.defaults (which a
+    # layer-wise optimizer does not carry).
+    if step < num_warmup_steps:
+        return _warmup_factor(step, num_warmup_steps)
+    if step > num_training_steps:
+        return lr_end / lr_init
+    remaining = 1 - (step - num_warmup_steps) / (num_training_steps - num_warmup_steps)
+    return ((lr_init - lr_end) * remaining**power + lr_end) / lr_init
+
+
+def get_polynomial_schedule(
+    optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int, lr_end: float = 1e-7,
+    power: float = 1.0, lr_init: float | None = None, last_epoch: int = -1,
+) -> LambdaLR:
+    """transformers' ``polynomial`` with the reference rate ``lr_init`` explicit (default: ``optimizer.defaults['lr']``).
+
+    Every group is scaled by the same factor, so ``lr_end`` is reached by the group whose rate is ``lr_init``.
+    """
+    if lr_init is None:
+        lr_init = optimizer.defaults["lr"]
+    if not lr_init > lr_end:
+        raise ValueError(
+            f"lr_scheduler_kwargs key 'lr_end' ({lr_end}) must be smaller than the learning rate ({lr_init})"
+        )
+    return LambdaLR(optimizer, partial(
+        _polynomial_lambda, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps,
+        lr_end=lr_end, power=power, lr_init=lr_init,
+    ), last_epoch)
+
+
+# -- one cycle ---------------------------------------------------------------------------------------------
+def get_one_cycle_schedule(
+    optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int, pct_start: float | None = None,
+    anneal_strategy: str = "cos", div_factor: float = 25.0, final_div_factor: float = 1e4,
+    three_phase: bool = False, cycle_momentum: bool = False, base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+) -> OneCycleLR:
+    """torch's ``OneCycleLR`` peaking at each group's own rate, over the whole run.
+
+    The rising phase is ``pct_start`` of the run; without it, the Trainer's warm-up steps (when set), else
+    torch's 0.3. ``cycle_momentum`` is off by default because Adam-style optimizers have no momentum
+    to cycle (torch would cycle ``betas[0]``).
+    """
+    if num_training_steps < 2:
+        raise ValueError(f"one_cycle needs at least 2 training steps, got {num_training_steps}")
+    if pct_start is None:
+        pct_start = num_warmup_steps / num_training_steps if num_warmup_steps else 0.3
+    elif num_warmup_steps:
+        raise ValueError(
+            f"one_cycle got both a warm-up of {num_warmup_steps} steps (TrainingArguments.warmup_steps) and "
+            f"lr_scheduler_kwargs pct_start={pct_start}; its rising phase is one of them: set warmup_steps=0 "
+            "or drop pct_start"
+        )
+    if not 0.0 < pct_start < 1.0:
+        raise ValueError(f"one_cycle: pct_start (rising phase as a fraction of the run) must be in (0, 1), got {pct_start}")
+    max_lr = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    return OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=num_training_steps, pct_start=pct_start,
+        anneal_strategy=anneal_strategy, cycle_momentum=cycle_momentum, base_momentum=base_momentum,
+        max_momentum=max_momentum, div_factor=div_factor, final_div_factor=final_div_factor,
+        three_phase=three_phase,
+    )
+
+
+# -- warmup-stable-decay with phases as ratios -------------------------------------------------------------------
+def wsd_phase_steps(
+    num_training_steps: int, *, num_decay_steps: int | None = None, decay_ratio: float | None = None,
+    num_stable_steps: int | None = None, stable_ratio: float | None = None,
+) -> tuple[int, int | None]:
+    """``(num_decay_steps, num_stable_steps)`` from counts or fractions of the run (ratios round up)."""
+    if num_decay_steps is not None and decay_ratio is not None:
+        raise ValueError(
+            "lr_scheduler_kwargs sets both 'num_decay_steps' and 'decay_ratio' for warmup_stable_decay; keep one "
+            "(a step count, or a fraction of the run)"
+        )
+    if num_stable_steps is not None and stable_ratio is not None:
+        raise ValueError(
+            "lr_scheduler_kwargs sets both 'num_stable_steps' and 'stable_ratio' for warmup_stable_decay; keep one "
+            "(a step count, or a fraction of the run)"
+        )
+    if num_decay_steps is None and decay_ratio is None:
+        raise ValueError(
+            "lr_scheduler_type='warmup_stable_decay' needs the length of its decay phase: set lr_scheduler_kwargs "
+            "decay_ratio=<fraction of the run, e.g. 0.1> or num_decay_steps=<steps>"
+        )
+    if decay_ratio is not None:
+        _check_ratio("decay_ratio", decay_ratio)
+        num_decay_steps = math.ceil(num_training_steps * decay_ratio)
+    if stable_ratio is not None:
+        _check_ratio("stable_ratio", stable_ratio)
+        num_stable_steps = int(num_training_steps * stable_ratio)
+    return int(num_decay_steps), num_stable_steps  # type: ignore[arg-type]
+
+
+def _check_ratio(key: str, value: Any) -> None:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"lr_scheduler_kwargs key {key!r} is a fraction and must be in [0, 1], got {value}")
