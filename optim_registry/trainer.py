@@ -57,6 +57,11 @@ def validate_training_args(args: Any) -> None:
             f"optim={name!r} updates the weights inside backward, so gradient accumulation cannot work: "
             f"set gradient_accumulation_steps=1 (got {ga}), or choose another optimizer."
         )
+    if spec.protocol == "fused_backward" and getattr(args, "fp16", False):
+        raise ValueError(
+            f"optim={name!r} needs its own backward (fused_backward), but with fp16=True accelerate runs the "
+            "GradScaler's backward instead and never calls it. Use bf16=True or full precision."
+        )
     if spec.layerwise and getattr(args, "fp16", False):
         raise ValueError(
             f"optim={name!r} steps each parameter inside backward, before fp16 loss scaling can unscale or "
