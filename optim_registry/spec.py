@@ -54,9 +54,13 @@ class Requirement:
     module: str
     min_version: str | None = None
     extra: str | None = None
+    #: How to install it when no ``pip install`` line exists (a package not on PyPI).
+    install: str | None = None
 
     @property
     def pip_line(self) -> str:
+        if self.install:
+            return self.install
         spec = f"{self.pip}>={self.min_version}" if self.min_version else self.pip
         return f"pip install '{spec}'" if ">" in spec else f"pip install {spec}"
 

@@ -18,20 +18,10 @@ _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 
 
 @dataclass(frozen=True)
-class SourceOnlyRequirement(Requirement):
-    """A package with no wheel on PyPI: the install hint is a how-to instead of a pip line."""
-
-    how: str = ""
-
-    @property
-    def pip_line(self) -> str:
-        return self.how
-
-
-_TORCHDISTX = SourceOnlyRequirement(
+_TORCHDISTX = Requirement(
     "torchdistx",
     "torchdistx",
-    how="torchdistx is not on PyPI (no `pip install` line exists); build it from source against your torch: "
+    install="torchdistx is not on PyPI (no `pip install` line exists); build it from source against your torch: "
     "git clone --recursive https://github.com/pytorch/torchdistx && cd torchdistx && "
     "cmake -DTORCHDIST_INSTALL_STANDALONE=ON -B build && cmake --build build && pip install . "
     "(its README lists torch 1.11 / Python <= 3.9 as the last supported pair). "
