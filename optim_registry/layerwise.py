@@ -460,8 +460,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                 # Share the outer objects again (the inner loader deep-copied them), so in-place changes
                 # such as a scheduler filling a tensor lr keep reaching the inner optimizer.
                 inner_group = inner.param_groups[0]
-                inner_group.update(hyper)
-                self._synced[p] = _hyperparams(inner_group)
+                # Tensors an optimizer updates in place as its own counter (optimi's group "step") stay its
+                # own copy; only the lr is shared, for schedulers that fill a tensor lr in place.
+                inner_group.update({k: v for k, v in hyper.items() if k == "lr" or not isinstance(v, torch.Tensor)})
+                self._synced[p] = {**_hyperparams(inner_group), **hyper}
 
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

@@ -19,6 +19,7 @@ TINY_ARGS = {
     "apollo": "rank=4,update_proj_gap=2",
     "q_galore": "rank=4,update_proj_gap=2,proj_group_size=4",
     "schedule_free_radam": "silent_sgd_phase=false",
+    "flash_": "quantize=false",
 }
 
 #: Families with their own, deeper resume tests; the sweep still runs one representative of each.

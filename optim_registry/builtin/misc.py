@@ -7,8 +7,6 @@ is installed; elsewhere the missing-package error says what to install.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..spec import OptimizerSpec, Requirement, opt
 
 _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -16,8 +14,6 @@ _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 #: cannot be installed where the registry is tested (XLA's lazy tensors in particular), so a twin would
 #: be a name nobody has ever run.
 
-
-@dataclass(frozen=True)
 _TORCHDISTX = Requirement(
     "torchdistx",
     "torchdistx",

@@ -1,0 +1,111 @@
+"""Optimizers transformers does not name: ADOPT, CAME, Muon and Dion (matrix optimizers with an AdamW side)."""
+
+from __future__ import annotations
+
+from ..spec import Distributed, OptimizerSpec, Requirement, opt
+
+_ALL_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
+
+#: Muon and Dion act on whole 2-D matrices; sharded (flattened) parameters break that.
+_MATRIX_DISTRIBUTED = Distributed(
+    fsdp="updates whole 2-D matrices; FSDP shards (flattens) them",
+    zero1="updates whole 2-D matrices; ZeRO partitions flattened optimizer state",
+    zero2="updates whole 2-D matrices; ZeRO partitions flattened optimizer state",
+    zero3="updates whole 2-D matrices; ZeRO-3 shards the parameters",
+)
+
+RECORDS = (
+    OptimizerSpec(
+        name="adopt_adamw",
+        target="pytorch_optimizer:ADOPT",
+        family="beyond",
+        description="ADOPT (pytorch_optimizer.ADOPT) with decoupled (AdamW-style) weight decay: the "
+        "update is normalised by the *previous* second moment and clipped by step**0.25, so it "
+        "converges for any beta2. The first step only fills the second moment (weights move from step "
+        "2). betas/eps come from TrainingArguments; the paper uses betas=(0.9,0.9999), eps=1e-6.",
+        requires=(Requirement("pytorch-optimizer", "pytorch_optimizer", "4.1", extra="pytorch-optimizer"),),
+        hparams=_ALL_HP,
+        fixed={"weight_decouple": True},
+        options=(
+            opt("fixed_decay", "bool", False, "decay weights by weight_decay alone, not weight_decay * lr"),
+            opt("foreach", "bool", None, "batched (foreach) update; none lets pytorch_optimizer choose"),
+            opt("maximize", "bool", False, "maximise the objective"),
+        ),
+        state_bytes=8.0,
+        paper="arXiv:2411.02853",
+    ),
+    OptimizerSpec(
+        name="came_pytorch",
+        target="came_pytorch:CAME",
+        family="beyond",
+        description="CAME (came_pytorch.CAME): Adafactor-style factored second moments plus a "
+        "confidence-guided (instability) correction; near-Adafactor memory, Adam-like quality. betas "
+        "(beta1, beta2) come from TrainingArguments, beta3 from optim_args. Resume is exact for fp32 "
+        "weights; with bf16 weights CAME keeps fp32 state that torch's load_state_dict casts to bf16, so "
+        "a resumed bf16 run drifts slightly.",
+        requires=(Requirement("came-pytorch", "came_pytorch", "0.1.3", extra="came"),),
+        hparams=frozenset({"lr", "betas", "weight_decay"}),
+        options=(
+            opt("beta3", "float", 0.9999, "averaging coefficient of the instability (confidence) estimate"),
+            opt("eps1", "float", 1e-30, "regularisation constant added to the squared gradient"),
+            opt("eps2", "float", 1e-16, "regularisation constant added to the instability"),
+            opt("clip_threshold", "float", 1.0, "threshold on the root-mean-square of the update"),
+        ),
+        builder="optim_registry.families.beyond:came",
+        state_bytes=4.1,
+        paper="arXiv:2307.02047",
+        resume="state_dict (exact for fp32 weights; bf16 weights get their fp32 state cast to bf16 by torch)",
+    ),
+    OptimizerSpec(
+        name="dion",
+        target="optim_registry.optimizers.dion:Dion",
+        family="beyond",
+        description="Dion (the registry's single-device implementation of the paper's Algorithm 1; "
+        "Microsoft's package is not on PyPI): low-rank orthonormalised updates with error feedback on "
+        "the hidden 2-D weight matrices, AdamW on everything else. Routing: every trainable 2-D weight "
+        "that is not an nn.Embedding, the input/output embedding or named like embed/lm_head/wte/wpe/"
+        "output -> Dion at lr=dion_lr; embeddings, the LM head, norms, biases and >2-D tensors -> AdamW "
+        "at TrainingArguments.learning_rate (with its betas/eps). The weight-decay split applies on both "
+        "sides; the scheduler scales every group from its own initial lr.",
+        hparams=_ALL_HP,
+        options=(
+            opt("dion_lr", "float", 0.01, "learning rate of the Dion (matrix) groups"),
+            opt("momentum", "float", 0.95, "error-feedback decay mu of the Dion momentum"),
+            opt("rank", "int", None, "rank r of the low-rank step; none uses rank_fraction"),
+            opt("rank_fraction", "float", 1.0, "r = ceil(rank_fraction * min(rows, cols)) when rank is none"),
+            opt("seed", "int", 0, "seed of the initial right factors Q"),
+        ),
+        builder="optim_registry.families.beyond:dion",
+        supports_layerwise=False,
+        state_bytes=4.0,
+        paper="arXiv:2504.05295",
+        distributed=_MATRIX_DISTRIBUTED,
+    ),
+    OptimizerSpec(
+        name="muon",
+        target="optim_registry.optimizers.muon:MuonWithAdamW",
+        family="beyond",
+        description="Muon (Newton-Schulz-orthogonalised momentum, as torch.optim.Muon) on the hidden "
+        "2-D weight matrices and AdamW on everything else, in one optimizer. Routing: every trainable "
+        "2-D weight that is not an nn.Embedding, the input/output embedding or named like embed/"
+        "lm_head/wte/wpe/output -> Muon at lr=muon_lr (default 0.02); embeddings, the LM head, norms, "
+        "biases and >2-D tensors -> AdamW at TrainingArguments.learning_rate (with its betas/eps). The "
+        "weight-decay split (TrainingArguments.weight_decay, none for norms/biases) applies on both "
+        "sides; the scheduler scales every group from its own initial lr, so both sides follow it.",
+        hparams=_ALL_HP,
+        options=(
+            opt("muon_lr", "float", 0.02, "learning rate of the Muon (matrix) groups"),
+            opt("momentum", "float", 0.95, "Muon momentum"),
+            opt("nesterov", "bool", True, "Nesterov-style Muon momentum"),
+            opt("ns_steps", "int", 5, "Newton-Schulz iterations"),
+            opt("adjust_lr_fn", "str", None, "shape scaling of the Muon lr: none/original = "
+                "sqrt(max(1, rows/cols)), match_rms_adamw = 0.2*sqrt(max(rows, cols))",
+                choices=("original", "match_rms_adamw")),
+        ),
+        builder="optim_registry.families.beyond:muon",
+        supports_layerwise=False,
+        state_bytes=4.0,
+        paper="https://kellerjordan.github.io/posts/muon/, arXiv:2502.16982",
+        distributed=_MATRIX_DISTRIBUTED,
+    ),
+)
