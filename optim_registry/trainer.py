@@ -42,6 +42,11 @@ def validate_training_args(args: Any) -> None:
     if spec.unsupported:
         raise ValueError(f"optim={name!r} cannot train through the Trainer: {spec.unsupported}")
     build.parse_optim_args(spec, getattr(args, "optim_args", None))
+    if spec.target_modules and getattr(args, "optim_target_modules", None) is None:
+        raise ValueError(
+            f"optim={name!r} needs `optim_target_modules` (e.g. ['self_attn', 'mlp'] or 'all-linear'): the "
+            "modules whose weights it projects"
+        )
     check_scheduler_args(args)
     ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
     if spec.needs_gpu is not None:
