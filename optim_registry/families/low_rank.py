@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..build import BuildContext
+from .bitsandbytes import _OwnOverrides
 
 #: Projector classes a checkpoint may name; nothing else is ever imported from a state dict.
 _PROJECTORS = frozenset({
@@ -156,24 +157,11 @@ def _sync(p: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-class _IdentityKeyedOverrides:
-    """bitsandbytes' global override manager, with a per-optimizer ``index2config``.
-
-    The global one keys overrides by (group index, parameter index), so an override found by one optimizer
-    leaks into every other optimizer at the same position (every inner optimizer of a layer-wise run sits at
-    (0, 0)). Overrides are still looked up by parameter identity in the shared ``pid2config``.
-    """
-
-    def __init__(self, manager: Any) -> None:
-        self._manager = manager
-        self.index2config: dict[tuple[int, int], dict[str, Any]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._manager, name)
-
-
-class LowRank8bitMixin:
+class LowRank8bitMixin(_OwnOverrides):
     """GaLore's 8-bit AdamW step over bitsandbytes' ``Optimizer2State``, without CUDA-only calls.
+
+    Config overrides (32-bit embedding state) apply to this optimizer's own parameters only
+    (``_OwnOverrides``: bitsandbytes keys them by position for the whole process).
 
     Parameters in a group with ``rank`` are stepped in the projected space: the gradient is projected,
     bitsandbytes' Adam update runs on a zero tensor of the projected shape (weight decay held back), the
@@ -193,7 +181,6 @@ class LowRank8bitMixin:
             self, "adam", params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, optim_bits=8,
             args=args, min_8bit_size=min_8bit_size, is_paged=is_paged,
         )
-        self.mng = _IdentityKeyedOverrides(self.mng)
 
     def _make_projector(self, group: dict[str, Any]) -> Any:
         raise NotImplementedError
