@@ -47,6 +47,11 @@ def decay_names_override(names: Iterable[str]) -> Iterator[None]:
         _DECAY_NAMES.reset(token)
 
 
+def current_decay_names() -> set[str] | None:
+    """The Trainer's weight-decay parameter names for the build in progress (None: the default split)."""
+    return _DECAY_NAMES.get()
+
+
 @contextlib.contextmanager
 def training_steps(n: int | None) -> Iterator[None]:
     """Builds inside this block know the run lasts ``n`` optimizer steps."""
