@@ -323,3 +323,14 @@ def test_bnb_trains_through_stock_arguments(tmp_path, token_data):
     trainer = OptimTrainer(model=tiny_model(), args=a, train_dataset=token_data)
     trainer.train()
     assert unwrap_optimizer(trainer.optimizer).state[trainer.model.lm_head.weight]["state1"].dtype == torch.uint8
+
+
+@pytest.mark.parametrize("name", ["paged_ademamix_32bit", "paged_ademamix_8bit"])
+def test_paged_ademamix_on_cpu_uses_ordinary_buffers_with_a_warning(name, tmp_path):
+    """bitsandbytes' paged AdEMAMix crashed at its first step on CPU once tensors were large enough to page."""
+    from optim_registry.testing import run, tiny_model
+
+    with pytest.warns(UserWarning, match="cannot page optimizer state on CPU"):
+        trainer = run(name, str(tmp_path), "min_8bit_size=64" if "8bit" in name else None,
+                      model=tiny_model(vocab_size=128, hidden=256, layers=1), max_steps=1)
+    assert trainer.optimizer.optimizer.is_paged is False

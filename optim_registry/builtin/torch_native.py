@@ -31,7 +31,7 @@ RECORDS = (
             opt("eps", "floats", (1e-30, 1e-3), "regularisation constants for square gradient and scale"),
         ),
         builder="optim_registry.builders:adafactor",
-        state_bytes=0.1,
+        state_bytes=0.03,
         paper="arXiv:1804.04235",
     ),
     OptimizerSpec(
@@ -47,7 +47,7 @@ RECORDS = (
             opt("maximize", "bool", False, "maximise the objective"),
             opt("foreach", "bool", None, "use the foreach implementation"),
         ),
-        state_bytes=0.1,
+        state_bytes=0.03,
         paper="arXiv:1804.04235",
     ),
     OptimizerSpec(

@@ -14,6 +14,7 @@ their own, and take the entries they consumed off the global list.
 
 from __future__ import annotations
 
+import warnings
 from functools import cache
 from typing import Any
 
@@ -98,7 +99,25 @@ def ademamix(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     b3 = betas[2] if len(betas) == 3 else ctx.options["beta3"]
     kwargs = {k: v for k, v in ctx.kwargs.items() if k not in ("beta1", "beta2", "beta3")}
     kwargs["betas"] = (b1, b2, b3)
+    if kwargs.get("is_paged") and _on_cpu(ctx):
+        # bitsandbytes' other paged classes fall back to ordinary buffers on CPU with a warning; paged
+        # AdEMAMix instead crashes at its first step on tensors large enough to page. Same optimizer,
+        # ordinary buffers, said out loud.
+        warnings.warn(
+            f"optim={ctx.spec.name!r}: bitsandbytes cannot page optimizer state on CPU; using ordinary "
+            "(non-paged) buffers for the same AdEMAMix optimizer",
+            stacklevel=2,
+        )
+        kwargs["is_paged"] = False
     return ctx.target(), _params(ctx, kwargs)
+
+
+def _on_cpu(ctx: BuildContext) -> bool:
+    import torch
+
+    if ctx.model is not None:
+        return not any(p.is_cuda for p in ctx.model.parameters())
+    return not torch.cuda.is_available()
 
 
 def rmsprop(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
