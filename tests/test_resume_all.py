@@ -7,6 +7,8 @@ cannot run here are listed with the reason in ``not_runnable`` and reported by t
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from optim_registry.catalog import optimizers
@@ -24,6 +26,9 @@ TINY_ARGS = {
 
 #: Families with their own, deeper resume tests; the sweep still runs one representative of each.
 SAMPLED_FAMILIES = {"pytorch_optimizer": 12}
+
+#: OPTIM_REGISTRY_FULL_SWEEP=1 checks every runnable name (about 10 minutes here), no sampling.
+FULL = os.environ.get("OPTIM_REGISTRY_FULL_SWEEP", "") in ("1", "true", "yes")
 
 #: Names the tiny fp32 model cannot exercise, and where they are checked instead.
 ELSEWHERE = {
@@ -72,12 +77,12 @@ def _selected() -> tuple[list[str], dict[str, str]]:
         if reason is not None:
             skipped[info.name] = reason
             continue
-        if info.layerwise and info.name.removesuffix("_layerwise") not in LAYERWISE_BASES:
+        if not FULL and info.layerwise and info.name.removesuffix("_layerwise") not in LAYERWISE_BASES:
             if info.family in twin_families:
                 skipped[info.name] = f"{info.family}: layer-wise twins sampled (one per family)"
                 continue
             twin_families.add(info.family)
-        limit = SAMPLED_FAMILIES.get(info.family)
+        limit = None if FULL else SAMPLED_FAMILIES.get(info.family)
         if limit is not None:
             per_family[info.family] = per_family.get(info.family, 0) + 1
             if per_family[info.family] > limit:
