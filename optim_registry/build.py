@@ -78,6 +78,17 @@ class BuildContext:
     def target(self) -> Any:
         return load_target(self.spec)
 
+    def with_groups(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``kwargs`` plus ``params=self.groups`` when the Trainer's own groups would be wrong.
+
+        That is when target modules split the parameters, or ``optim_args`` overrode ``weight_decay``
+        (the Trainer builds its groups from ``args.weight_decay``). Otherwise the Trainer builds the
+        groups, as transformers does, honouring an overridden ``get_decay_parameter_names``.
+        """
+        if self.groups is not None and (self.spec.target_modules or "weight_decay" in self.given):
+            kwargs["params"] = self.groups
+        return kwargs
+
     @property
     def num_training_steps(self) -> int | None:
         """Total optimizer steps of the run: known inside a Trainer, else ``args.max_steps`` if set."""
@@ -188,9 +199,7 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
         cls, kwargs = builder(ctx)
     else:
-        cls, kwargs = ctx.target(), dict(ctx.kwargs)
-        if ctx.groups is not None and (spec.target_modules or "weight_decay" in ctx.given):
-            kwargs["params"] = ctx.groups
+        cls, kwargs = ctx.target(), ctx.with_groups(dict(ctx.kwargs))
     if spec.layerwise:
         from .layerwise_build import layerwise_factory
 

@@ -7,12 +7,6 @@ from typing import Any
 from .build import BuildContext
 
 
-def _with_groups(ctx: BuildContext, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if ctx.groups is not None and (ctx.spec.target_modules or "weight_decay" in ctx.given):
-        kwargs["params"] = ctx.groups
-    return kwargs
-
-
 def adafactor(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """transformers' Adafactor; with ``relative_step`` it must not get a learning rate."""
     kwargs = dict(ctx.kwargs)
@@ -23,4 +17,4 @@ def adafactor(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     if kwargs.get("relative_step"):
         # Adafactor computes its own step size; a manual lr is an error inside it.
         kwargs["lr"] = None
-    return ctx.target(), _with_groups(ctx, kwargs)
+    return ctx.target(), ctx.with_groups(kwargs)

@@ -37,9 +37,7 @@ def came(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
         "clip_threshold": float(option(ctx, "clip_threshold")),
         "weight_decay": ctx.hparams["weight_decay"],
     }
-    if ctx.groups is not None and "weight_decay" in ctx.given:
-        kwargs["params"] = ctx.groups
-    return ctx.target(), kwargs
+    return ctx.target(), ctx.with_groups(kwargs)
 
 
 def matrix_groups(ctx: BuildContext, flag: str, matrix_lr: float) -> list[dict[str, Any]]:

@@ -72,12 +72,6 @@ def _shim(name: str) -> type:
     return cls
 
 
-def _params(ctx: BuildContext, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if ctx.groups is not None and "weight_decay" in ctx.given:
-        kwargs["params"] = ctx.groups
-    return kwargs
-
-
 def ademamix(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """AdEMAMix takes three betas: (beta1, beta2) from the arguments / ``betas``, beta3 as an option."""
     given = ctx.given
@@ -109,7 +103,7 @@ def ademamix(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
             stacklevel=2,
         )
         kwargs["is_paged"] = False
-    return ctx.target(), _params(ctx, kwargs)
+    return ctx.target(), ctx.with_groups(kwargs)
 
 
 def _on_cpu(ctx: BuildContext) -> bool:
@@ -138,4 +132,4 @@ def rmsprop(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
         raise ValueError(
             f"optim={name!r}: alpha={opts['alpha']} is not supported by bitsandbytes RMSprop; use 0 < alpha < 1."
         )
-    return ctx.target(), _params(ctx, dict(ctx.kwargs))
+    return ctx.target(), ctx.with_groups(dict(ctx.kwargs))

@@ -83,6 +83,4 @@ def anyprecision(ctx: Any) -> tuple[Any, dict[str, Any]]:
     for key in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype"):
         if isinstance(kwargs.get(key), str):
             kwargs[key] = getattr(torch, kwargs[key])
-    if ctx.groups is not None and "weight_decay" in ctx.given:
-        kwargs["params"] = ctx.groups
-    return ctx.target(), kwargs
+    return ctx.target(), ctx.with_groups(kwargs)

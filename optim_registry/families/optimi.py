@@ -58,6 +58,4 @@ def build(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
         )
     if cpu:
         kwargs["triton"] = False
-    if ctx.groups is not None and "weight_decay" in ctx.given:
-        kwargs["params"] = ctx.groups
-    return ctx.target(), kwargs
+    return ctx.target(), ctx.with_groups(kwargs)

@@ -67,9 +67,7 @@ def ranger21(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
                 "the Trainer (it knows the steps), or pass optim_args='num_iterations=N'"
             )
         kwargs["num_iterations"] = int(steps)
-    if ctx.groups is not None and "weight_decay" in ctx.given:
-        kwargs["params"] = ctx.groups
-    return ctx.target(), kwargs
+    return ctx.target(), ctx.with_groups(kwargs)
 
 
 def lr_in_groups(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:

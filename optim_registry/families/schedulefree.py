@@ -29,12 +29,6 @@ def warmup_steps(ctx: BuildContext) -> int:
     return int(ctx.args.get_warmup_steps(total))
 
 
-def _with_groups(ctx: BuildContext, kwargs: dict[str, Any]) -> dict[str, Any]:
-    if ctx.groups is not None and "weight_decay" in ctx.given:
-        kwargs["params"] = ctx.groups
-    return kwargs
-
-
 def schedule_free(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """AdamW / SGD schedule-free with the warm-up converted to steps; RAdam takes no warm-up."""
     kwargs = dict(ctx.kwargs)
@@ -45,4 +39,4 @@ def schedule_free(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
         )
     if ctx.spec.owns_warmup:
         kwargs["warmup_steps"] = warmup_steps(ctx)
-    return ctx.target(), _with_groups(ctx, kwargs)
+    return ctx.target(), ctx.with_groups(kwargs)
