@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -140,7 +141,37 @@ def coerce(option: Option, value: Any, *, where: str = "optim_args") -> Any:
         ) from None
     if option.choices is not None and result not in option.choices:
         raise ValueError(f"{where} key {option.name!r}: {value!r} is not one of {list(option.choices)}")
+    check_range(option, result, where=where)
     return result
+
+
+def check_range(option: Option, value: Any, *, where: str = "optim_args") -> None:
+    """``ValueError`` naming the key, the value and the valid range when a typed number is outside it."""
+    if option.type in ("floats", "ints") and option.length is not None and len(value) != option.length:
+        raise ValueError(
+            f"{where} key {option.name!r}: {shorten(value)} has {len(value)} number(s); it takes exactly "
+            f"{option.length}, e.g. {option.name}=({','.join(['0.9'] * option.length)})"
+        )
+    if option.type not in ("int", "float", "floats", "ints"):
+        return
+    numbers = value if isinstance(value, tuple) else (value,)
+    for number in numbers:
+        if option.finite and isinstance(number, float) and not math.isfinite(number):
+            bound = option.range_text()
+            raise ValueError(
+                f"{where} key {option.name!r}: {number!r} is not a finite number"
+                + (f"; valid range {bound}" if bound else "")
+            )
+        if not option.in_range(number):
+            raise ValueError(
+                f"{where} key {option.name!r}: {shorten(value)} is out of range; valid range {option.range_text()}"
+            )
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so a huge input never floods a message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 _TYPE_WORDS = {

@@ -40,10 +40,35 @@ class Option:
     nullable: bool = False
     #: Always pass the default (ours differs from the library's, or the library has none).
     send: bool = False
+    #: Valid range of a number (each number of a tuple): ``low`` / ``high`` bounds, open or closed.
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    #: How many numbers a tuple option takes (``betas`` of Adam: 2).
+    length: int | None = None
+    #: Numbers must be finite (nan and inf refused); a record may opt out for a deliberate ``inf``.
+    finite: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in OPTION_TYPES:
             raise ValueError(f"option {self.name!r}: unknown type {self.type!r}; use one of {sorted(OPTION_TYPES)}")
+
+    def range_text(self) -> str:
+        """The valid range in interval notation (``[0, 1)``, ``> 0``), or ``""`` when unbounded."""
+        if self.low is not None and self.high is not None:
+            return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return ""
+
+    def in_range(self, number: float) -> bool:
+        """Whether one number lies in the declared range (finite-ness is checked separately)."""
+        if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
+            return False
+        return not (self.high is not None and (number > self.high or (self.high_open and number == self.high)))
 
 
 @dataclass(frozen=True)
