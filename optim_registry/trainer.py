@@ -21,6 +21,7 @@ from transformers.training_args import OptimizerNames as HFOptimizerNames
 from . import build
 from .build import decay_names_override
 from .catalog import optimizers
+from .checkpoints import CheckpointMixin
 from .distributed import check_distributed
 from .schedulers import check_scheduler_args, create_scheduler, schedulers
 
@@ -147,7 +148,7 @@ def unwrap_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
-class OptimRegistryMixin:
+class OptimRegistryMixin(CheckpointMixin):
     """Registry-backed optimizer and scheduler creation for any ``transformers.Trainer`` subclass.
 
     ``class MySFT(OptimRegistryMixin, trl.SFTTrainer): ...``

@@ -1,0 +1,640 @@
+"""Trustworthy checkpoints: atomic optimizer state, a manifest written last, checked resume.
+
+Each checkpoint the Trainer writes gets ``optim_registry.json`` beside ``optimizer.pt``, written after
+everything else (``trainer_state.json`` included) and atomically. It holds
+
+- ``optimizer``: what the optimizer was built from: registry name, class, typed ``optim_args``, the
+  ``optim_target_modules`` weights, and per param group the parameter names and settings as built;
+- ``schedule``: the scheduler type, its kwargs, warm-up and the run's length;
+- ``files``: every file of the checkpoint with its size, and a sha256 of the optimizer and scheduler state.
+
+A checkpoint is *complete* when its manifest is there and every listed file has its listed size, or (for a
+checkpoint written without a manifest: older versions, or a run killed between ``trainer_state.json`` and the
+manifest) when its files are all readable to the end. ``resume_from_checkpoint=True`` takes the newest
+complete checkpoint and warns about newer torn ones; a named torn checkpoint is refused. On resume, another
+optimizer, other options, other target modules or another group layout is one ``ValueError`` before any
+state is loaded; a changed rate, setting or schedule is a warning naming what will be used. Setting
+``trainer.restart_schedule = True`` (or ``OPTIM_REGISTRY_RESTART_SCHEDULE=1``) makes this run's values and a
+fresh schedule take over at the resumed step instead (docs/checkpoints.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+MANIFEST_NAME = "optim_registry.json"
+FORMAT = 1
+RESTART_ENV = "OPTIM_REGISTRY_RESTART_SCHEDULE"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+TRAINER_STATE_NAME = "trainer_state.json"
+#: Files whose content is checksummed (the ones this module writes atomically; small next to the weights).
+CHECKSUMMED = (OPTIMIZER_NAME, SCHEDULER_NAME)
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_TRUE = ("1", "true", "yes", "on")
+
+
+class ResumeWarning(UserWarning):
+    """A resume that continues, but not exactly as the arguments say (or past a torn checkpoint)."""
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_files(output_dir: str) -> Iterator[str]:
+    """A scratch directory inside ``output_dir``; the files written there are renamed into ``output_dir``.
+
+    Each file appears under its final name only once it is whole (written, flushed, renamed), so a run
+    killed while saving never leaves a half-written ``optimizer.pt`` that looks like a real one.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".optim_registry-", dir=output_dir)
+    try:
+        yield tmp
+        for name in sorted(os.listdir(tmp)):
+            src = os.path.join(tmp, name)
+            if os.path.isfile(src):
+                with open(src, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.replace(src, os.path.join(output_dir, name))
+        _fsync_dir(output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".optim_registry-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def single_writer(trainer: Any) -> bool:
+    """Whether the stock save writes ``optimizer.pt`` / ``scheduler.pt`` from this one process with
+    ``torch.save`` (not DeepSpeed, FSDP, XLA or SageMaker, whose ranks write cooperatively)."""
+    from transformers.utils import is_sagemaker_mp_enabled, is_torch_xla_available
+
+    return not (
+        getattr(trainer, "is_deepspeed_enabled", False)
+        or getattr(trainer, "is_fsdp_enabled", False)
+        or is_torch_xla_available()
+        or is_sagemaker_mp_enabled()
+    )
+
+
+def plain(value: Any) -> Any:
+    """A JSON value standing for ``value``, equal for equal settings across two processes."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    enum_value = getattr(value, "value", None)
+    if isinstance(enum_value, (str, int)) and not callable(enum_value):
+        return enum_value
+    numel = getattr(value, "numel", None)
+    if callable(numel) and callable(getattr(value, "item", None)):
+        return plain(value.item()) if numel() == 1 else f"tensor{tuple(value.shape)}"
+    return _ADDRESS.sub("", repr(value))
+
+
+def group_settings(optimizer: Any) -> list[dict[str, Any]]:
+    """Per param group, every setting except the parameters, as JSON values."""
+    return [{k: plain(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+
+def _param_names(model: Any) -> dict[int, str]:
+    if model is None or not callable(getattr(model, "named_parameters", None)):
+        return {}
+    return {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+
+
+def group_layout(optimizer: Any, model: Any) -> list[list[str]]:
+    names = _param_names(model)
+    return [[names.get(id(p), f"<unnamed parameter {i}>") for i, p in enumerate(g["params"])]
+            for g in optimizer.param_groups]
+
+
+def _is_rate(key: str) -> bool:
+    return key == "lr" or key.endswith("_lr") and not key.startswith("decouple")
+
+
+def asked_optimizer(args: Any, model: Any) -> dict[str, Any]:
+    """What ``args`` ask to build: name, typed options (rates and shared hyperparameters apart), targets."""
+    from . import build
+
+    name = str(getattr(args.optim, "value", args.optim))
+    spec = build.spec_for(name)
+    given = build.parse_optim_args(spec, getattr(args, "optim_args", None))
+    shared = set(build.HPARAM_OPTIONS)
+    options = {k: plain(v) for k, v in sorted(given.items()) if k not in shared and not _is_rate(k)}
+    targets = None
+    if spec.target_modules and model is not None:
+        from .param_groups import target_linear_weights
+
+        targets = target_linear_weights(model, getattr(args, "optim_target_modules", None), subject=f"optim={name!r}")
+    return {"name": spec.name, "options": options, "targets": targets}
+
+
+def optimizer_record(trainer: Any, inner: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "name": getattr(inner, "optim_registry_name", None),
+        "class": f"{type(inner).__module__}.{type(inner).__qualname__}",
+        "options": None,
+        "targets": None,
+    }
+    if record["name"] is not None and record["name"] == str(getattr(trainer.args.optim, "value", trainer.args.optim)):
+        with contextlib.suppress(Exception):  # the record describes; it never stops a save
+            asked = asked_optimizer(trainer.args, trainer.model)
+            record["options"], record["targets"] = asked["options"], asked["targets"]
+    built = getattr(trainer, "_registry_built_settings", None)
+    settings = built if built is not None and len(built) == len(inner.param_groups) else group_settings(inner)
+    layout = group_layout(inner, trainer.model)
+    record["groups"] = [{"count": len(p), "params": p, "settings": s} for p, s in zip(layout, settings, strict=True)]
+    return record
+
+
+def schedule_record(trainer: Any) -> dict[str, Any]:
+    args = trainer.args
+    return {
+        "type": plain(args.lr_scheduler_type),
+        "kwargs": plain(getattr(args, "lr_scheduler_kwargs", None) or {}),
+        "warmup_steps": plain(getattr(args, "warmup_steps", 0)),
+        "warmup_ratio": plain(getattr(args, "warmup_ratio", None)),
+        "num_training_steps": plain(getattr(trainer.state, "max_steps", None)),
+        "class": type(trainer.lr_scheduler).__name__ if trainer.lr_scheduler is not None else None,
+    }
+
+
+def write_manifest(trainer: Any, output_dir: str) -> None:
+    """The manifest of a checkpoint just written: last, atomically, only by the process that saves."""
+    from .trainer import unwrap_optimizer
+
+    if not trainer.args.should_save or not os.path.isdir(output_dir):
+        return
+    files: dict[str, dict[str, Any]] = {}
+    multi = int(getattr(trainer.args, "world_size", 1) or 1) > 1
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        # Other ranks write their own RNG files, possibly still now: not the saving process's to vouch for.
+        if name == MANIFEST_NAME or name.startswith(".") or not os.path.isfile(path) or (
+            multi and name.startswith("rng_state")
+        ):
+            continue
+        entry: dict[str, Any] = {"size": os.path.getsize(path)}
+        if name in CHECKSUMMED:
+            entry["sha256"] = sha256_of(path)
+        files[name] = entry
+    manifest: dict[str, Any] = {"format": FORMAT, "files": files}
+    if trainer.optimizer is not None:
+        manifest["optimizer"] = optimizer_record(trainer, unwrap_optimizer(trainer.optimizer))
+        manifest["schedule"] = schedule_record(trainer)
+    write_json_atomic(os.path.join(output_dir, MANIFEST_NAME), manifest)
+
+
+# ----------------------------------------------------------------------------------------- completeness
+
+
+def read_manifest(checkpoint: str) -> dict[str, Any] | None:
+    path = os.path.join(checkpoint, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _zip_problem(path: str) -> str | None:
+    # torch.save writes a zip archive whose directory is at the end: a cut file has none.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return f"{os.path.basename(path)} is not a whole torch file ({exc})"
+    return None
+
+
+def _safetensors_problem(path: str) -> str | None:
+    name = os.path.basename(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{name} is cut short ({size} bytes)"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"{name} is cut short: its header alone needs {n + 8} bytes, the file has {size}"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as exc:
+        return f"{name} has an unreadable header ({exc})"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        return f"{name} is cut short: its tensors need {8 + n + end} bytes, the file has {size}"
+    return None
+
+
+def _json_problem(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            json.load(fh)
+    except (OSError, ValueError) as exc:
+        return f"{os.path.basename(path)} is not whole JSON ({exc})"
+    return None
+
+
+def _structure_problem(checkpoint: str) -> str | None:
+    """Why a checkpoint without a manifest cannot be resumed (None: every file reads to its end)."""
+    state = os.path.join(checkpoint, TRAINER_STATE_NAME)
+    if not os.path.isfile(state):
+        return f"{TRAINER_STATE_NAME} is missing (it is written last but one)"
+    # Dot entries are this module's scratch space, left behind only by a killed save.
+    names = {n for n in os.listdir(checkpoint) if not n.startswith(".")}
+    weights = {"model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin",
+               "model.safetensors.index.json", "pytorch_model.bin.index.json"}
+    # FSDP and DeepSpeed keep weights in sub-directories; only plain files are checked in depth.
+    has_subdirs = any(os.path.isdir(os.path.join(checkpoint, n)) for n in names)
+    if not names & weights and not has_subdirs:
+        return "no model weights file is there"
+    if (OPTIMIZER_NAME in names) != (SCHEDULER_NAME in names) and not has_subdirs:
+        missing = SCHEDULER_NAME if OPTIMIZER_NAME in names else OPTIMIZER_NAME
+        return f"{missing} is missing"
+    for name in sorted(names):
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            continue
+        problem = None
+        if name.endswith(".json"):
+            problem = _json_problem(path)
+        elif name.endswith(".safetensors"):
+            problem = _safetensors_problem(path)
+        elif name.endswith((".pt", ".pth", ".bin")):
+            problem = _zip_problem(path)
+        if problem:
+            return problem
+    return None
+
+
+def torn_reason(checkpoint: str) -> str | None:
+    """Why ``checkpoint`` is not complete, or None when it is (see the module docstring)."""
+    if not os.path.isdir(checkpoint):
+        return "it is not a directory"
+    try:
+        manifest = read_manifest(checkpoint)
+    except (OSError, ValueError) as exc:
+        return f"{MANIFEST_NAME} is unreadable ({exc})"
+    if manifest is None:
+        return _structure_problem(checkpoint)
+    for name, entry in (manifest.get("files") or {}).items():
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        size = os.path.getsize(path)
+        if size != entry.get("size"):
+            return f"{name} has {size} bytes, the manifest says {entry.get('size')}"
+    return None
+
+
+def checkpoints_in(folder: str) -> list[str]:
+    """The ``checkpoint-N`` directories of ``folder``, newest (highest step) first."""
+    found = []
+    for name in os.listdir(folder):
+        m = _CHECKPOINT_DIR.match(name)
+        if m and os.path.isdir(os.path.join(folder, name)):
+            found.append((int(m.group(1)), os.path.join(folder, name)))
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def newest_complete(folder: str) -> str:
+    """The newest complete checkpoint of ``folder``, warning (ResumeWarning) about newer torn ones."""
+    torn: list[str] = []
+    for path in checkpoints_in(folder):
+        reason = torn_reason(path)
+        if reason is None:
+            if torn:
+                warnings.warn(
+                    f"resume_from_checkpoint=True: skipping the torn checkpoint(s) {'; '.join(torn)}; resuming "
+                    f"from {path}, the newest complete one. Delete the torn directories once you no longer "
+                    "need them.",
+                    ResumeWarning,
+                    stacklevel=3,
+                )
+            return path
+        torn.append(f"{path} ({reason})")
+    if torn:
+        raise ValueError(
+            f"No complete checkpoint in {folder} to resume from: {'; '.join(torn)}. Resume from a copy of an "
+            "earlier checkpoint, or train without resume_from_checkpoint."
+        )
+    raise ValueError(f"No valid checkpoint found in output directory ({folder})")
+
+
+def check_complete(checkpoint: str) -> None:
+    """Refuse a named checkpoint that is torn, naming what is wrong and the newest complete sibling."""
+    reason = torn_reason(checkpoint)
+    if reason is None:
+        return
+    hint = "Resume from another checkpoint"
+    parent = os.path.dirname(os.path.abspath(checkpoint))
+    with contextlib.suppress(OSError, ValueError):
+        for other in checkpoints_in(parent):
+            if os.path.abspath(other) != os.path.abspath(checkpoint) and torn_reason(other) is None:
+                hint = f"Resume from {other}, the newest complete checkpoint beside it"
+                break
+    raise ValueError(
+        f"resume_from_checkpoint={checkpoint!r} is a torn checkpoint (the run was probably stopped while "
+        f"saving): {reason}. {hint}, or pass resume_from_checkpoint=True to pick the newest complete one."
+    )
+
+
+# ----------------------------------------------------------------------------------------- resume checks
+
+
+def restart_requested(trainer: Any) -> bool:
+    own = getattr(trainer, "restart_schedule", None)
+    if own is not None:
+        return bool(own)
+    return os.environ.get(RESTART_ENV, "").strip().lower() in _TRUE
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _way_out() -> str:
+    return (
+        "Resume with the arguments the checkpoint was written with, or start a new run (no "
+        "resume_from_checkpoint, or load only the model weights from the checkpoint)."
+    )
+
+
+def check_asked(record: dict[str, Any], asked: dict[str, Any], checkpoint: str) -> None:
+    """The arguments' optimizer against the checkpoint's, before anything is loaded: one ValueError."""
+    if record.get("name") is None:
+        return
+    problems = []
+    if record["name"] != asked["name"]:
+        problems.append(f"optim={record['name']!r}, the arguments ask for optim={asked['name']!r}")
+    elif record.get("options") is not None and record["options"] != asked["options"]:
+        problems.append(
+            f"optim={record['name']!r} with optim_args {_show(record['options'])}, the arguments ask for "
+            f"optim_args {_show(asked['options'])}"
+        )
+    elif record.get("targets") is not None and asked.get("targets") is not None and record["targets"] != asked["targets"]:
+        old, new = set(record["targets"]), set(asked["targets"])
+        problems.append(
+            f"optim_target_modules picking {len(old)} weights, the arguments pick {len(new)} "
+            f"(only in the checkpoint: {sorted(old - new)[:4]}, only asked now: {sorted(new - old)[:4]})"
+        )
+    if problems:
+        raise ValueError(
+            f"Checkpoint {checkpoint} was written by {problems[0]}: its optimizer state cannot be resumed "
+            f"by another optimizer or other options. {_way_out()}"
+        )
+
+
+def check_layout(record: dict[str, Any], live: list[list[str]], live_settings: list[dict[str, Any]],
+                 checkpoint: str) -> None:
+    """The built optimizer's param groups against the checkpoint's, before the state is loaded."""
+    saved = record.get("groups") or []
+    counts_saved = [g["count"] for g in saved]
+    counts_live = [len(p) for p in live]
+    problem = None
+    if counts_saved != counts_live:
+        problem = (f"{len(saved)} param group(s) of {counts_saved} parameters, the arguments build "
+                   f"{len(live)} of {counts_live}")
+    else:
+        for i, (g, names, settings) in enumerate(zip(saved, live, live_settings, strict=True)):
+            if g["params"] != names:
+                diff = [(a, b) for a, b in zip(g["params"], names, strict=True) if a != b][:2]
+                problem = f"param group {i} holds other parameters (checkpoint vs now: {diff})"
+                break
+            if set(g["settings"]) != set(settings):
+                problem = (f"param group {i} with settings {sorted(g['settings'])}, the arguments build one "
+                           f"with {sorted(settings)}")
+                break
+    if problem:
+        raise ValueError(
+            f"Checkpoint {checkpoint} holds optimizer state for {problem}: the group layout differs, so its "
+            f"state cannot be loaded. {_way_out()}"
+        )
+
+
+def setting_changes(record: dict[str, Any], live_settings: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    """``key -> (checkpoint's values, this run's values)`` for each setting that differs in any group."""
+    saved = [g["settings"] for g in record.get("groups") or []]
+    changed: dict[str, tuple[Any, Any]] = {}
+    for old, new in zip(saved, live_settings, strict=False):
+        for key in old:
+            if key in new and old[key] != new[key]:
+                changed.setdefault(key, ([], []))
+    for key in changed:
+        olds = [g.get(key) for g in saved]
+        news = [g.get(key) for g in live_settings]
+        changed[key] = (olds[0] if len(set(map(_show, olds))) == 1 else olds,
+                        news[0] if len(set(map(_show, news))) == 1 else news)
+    return changed
+
+
+def schedule_changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    if not saved:
+        return {}
+    keys = ("type", "kwargs", "warmup_steps", "warmup_ratio", "num_training_steps")
+    return {k: (saved.get(k), now.get(k)) for k in keys if k in saved and saved.get(k) != now.get(k)}
+
+
+def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in changes.items())
+
+
+def verify_checksums(checkpoint: str, manifest: dict[str, Any]) -> None:
+    """Refuse a state file whose bytes are not the ones saved (a flipped bit loads and spreads NaN)."""
+    for name, entry in (manifest.get("files") or {}).items():
+        expected = entry.get("sha256")
+        path = os.path.join(checkpoint, name)
+        if expected is None or not os.path.isfile(path):
+            continue
+        actual = sha256_of(path)
+        if actual != expected:
+            raise ValueError(
+                f"{path} is corrupted: its sha256 is {actual}, the checkpoint's {MANIFEST_NAME} recorded "
+                f"{expected} when it was saved. Loading it would put wrong optimizer state into training. "
+                "Resume from another checkpoint, or restore this file from a copy."
+            )
+
+
+def _rate_summary(settings: list[dict[str, Any]]) -> Any:
+    rates = [s.get("initial_lr", s.get("lr")) for s in settings]
+    return rates[0] if len(set(map(_show, rates))) == 1 else rates
+
+
+def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
+    """Every check of a resume that needs the built optimizer; returns what to apply after loading.
+
+    Raises ValueError for another layout or a corrupted state file; warns (ResumeWarning) for changed
+    rates, settings or schedule, naming the values that will be used.
+    """
+    from .trainer import unwrap_optimizer
+
+    manifest = read_manifest(checkpoint)
+    if manifest is None:
+        return None  # written before manifests: loads as it always did
+    verify_checksums(checkpoint, manifest)
+    record = manifest.get("optimizer")
+    if record is None or trainer.optimizer is None:
+        return None
+    inner = unwrap_optimizer(trainer.optimizer)
+    built = getattr(trainer, "_registry_built_settings", None)
+    live_settings = built if built is not None and len(built) == len(inner.param_groups) else group_settings(inner)
+    check_layout(record, group_layout(inner, trainer.model), live_settings, checkpoint)
+    settings = setting_changes(record, live_settings)
+    schedule = schedule_changes(manifest.get("schedule"), schedule_record(trainer))
+    restart = restart_requested(trainer)
+    if settings or schedule:
+        what = _describe({**settings, **schedule})
+        if restart:
+            remaining = trainer.state.max_steps - trainer.state.global_step
+            warnings.warn(
+                f"Resuming {checkpoint} with restart_schedule: this run's values take over ({what}); the "
+                f"optimizer's moments are kept and the schedule starts again at step "
+                f"{trainer.state.global_step}, over the {remaining} steps that remain.",
+                ResumeWarning,
+                stacklevel=3,
+            )
+        else:
+            rate = _rate_summary([g["settings"] for g in record.get("groups") or []])
+            warnings.warn(
+                f"Resuming {checkpoint}: the arguments differ from the checkpoint's ({what}). The checkpoint's "
+                f"optimizer settings continue (starting rate {_show(rate)}) and its saved schedule state (step "
+                f"{trainer.state.global_step}, starting rates) is loaded into this run's scheduler "
+                f"({_show(schedule_record(trainer)['type'])}, {trainer.state.max_steps} steps). To use this run's values "
+                f"and start the schedule again, set trainer.restart_schedule = True or {RESTART_ENV}=1 "
+                "(docs/checkpoints.md).",
+                ResumeWarning,
+                stacklevel=3,
+            )
+    if not restart:
+        return None
+    keys = set(settings) | {"lr", "initial_lr"}
+    return {"groups": [{k: g[k] for k in keys if k in g} for g in inner.param_groups]}
+
+
+def after_load(trainer: Any, plan: dict[str, Any] | None) -> None:
+    """restart_schedule: put this run's values back after the state load, and start a fresh schedule."""
+    from .trainer import unwrap_optimizer
+
+    if plan is None:
+        return
+    inner = unwrap_optimizer(trainer.optimizer)
+    for group, values in zip(inner.param_groups, plan["groups"], strict=True):
+        group.update(values)
+        if "initial_lr" in values:
+            group["lr"] = values["initial_lr"]
+    remaining = max(1, trainer.state.max_steps - trainer.state.global_step)
+    trainer.lr_scheduler = None
+    trainer.create_scheduler(num_training_steps=remaining, optimizer=trainer.optimizer)
+
+
+# ----------------------------------------------------------------------------------------- the mixin
+
+
+class CheckpointMixin:
+    """The Trainer overrides that make checkpoints atomic, complete-or-skipped and checked on resume.
+
+    Every method calls ``super()``; OptimRegistryMixin inherits it, so any Trainer subclass gets it.
+    """
+
+    #: True: on resume, this run's rates, settings and a fresh schedule take over (moments are kept).
+    #: None: read ``OPTIM_REGISTRY_RESTART_SCHEDULE``. False: the checkpoint's values continue.
+    restart_schedule: bool | None = None
+
+    _registry_built_settings: list[dict[str, Any]] | None = None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):  # type: ignore[attr-defined]
+            resume_from_checkpoint = newest_complete(self.args.output_dir)  # type: ignore[attr-defined]
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)) and resume_from_checkpoint:
+            resume_from_checkpoint = os.fspath(resume_from_checkpoint)
+            check_complete(resume_from_checkpoint)
+            self._check_asked(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+
+    def _check_asked(self, checkpoint: str) -> None:
+        # Only when the registry builds the optimizer from the arguments (not optimizers=(...) given).
+        if getattr(self, "optimizer", None) is not None or getattr(self, "optimizer_cls_and_kwargs", None):
+            return
+        manifest = read_manifest(checkpoint)
+        record = (manifest or {}).get("optimizer")
+        if record is None or record.get("options") is None:
+            return
+        check_asked(record, asked_optimizer(self.args, self.model), checkpoint)  # type: ignore[attr-defined]
+
+    def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+        from .trainer import unwrap_optimizer
+
+        fresh = getattr(self, "optimizer", None) is None
+        optimizer = super().create_optimizer(*args, **kwargs)  # type: ignore[misc]
+        if fresh or self._registry_built_settings is None:
+            # The settings as built, before any schedule or step moves them: what a resume compares.
+            self._registry_built_settings = group_settings(unwrap_optimizer(self.optimizer))  # type: ignore[attr-defined]
+        return optimizer
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not single_writer(self):
+            return super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
+        with atomic_files(output_dir) as scratch:
+            super()._save_optimizer_and_scheduler(scratch)  # type: ignore[misc]
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        run_dir = self._get_output_dir(trial=trial)  # type: ignore[attr-defined]
+        write_manifest(self, os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))  # type: ignore[attr-defined]
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        plan = before_load(self, checkpoint) if checkpoint is not None else None
+        super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
+        after_load(self, plan)
