@@ -521,7 +521,8 @@ def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
     manifest = read_manifest(checkpoint)
     if manifest is None:
         return None  # written before manifests: loads as it always did
-    verify_checksums(checkpoint, manifest)
+    if getattr(trainer, "_registry_verified", None) != checkpoint:
+        verify_checksums(checkpoint, manifest)
     record = manifest.get("optimizer")
     if record is None or trainer.optimizer is None:
         return None
@@ -591,6 +592,7 @@ class CheckpointMixin:
     restart_schedule: bool | None = None
 
     _registry_built_settings: list[dict[str, Any]] | None = None
+    _registry_verified: str | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):  # type: ignore[attr-defined]
@@ -598,6 +600,11 @@ class CheckpointMixin:
         if isinstance(resume_from_checkpoint, (str, os.PathLike)) and resume_from_checkpoint:
             resume_from_checkpoint = os.fspath(resume_from_checkpoint)
             check_complete(resume_from_checkpoint)
+            manifest = read_manifest(resume_from_checkpoint)
+            if manifest is not None:
+                # Before the weights are loaded: a refused resume leaves the model as it was.
+                verify_checksums(resume_from_checkpoint, manifest)
+                self._registry_verified = resume_from_checkpoint
             self._check_asked(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
 
