@@ -228,7 +228,8 @@ def write_manifest(trainer: Any, output_dir: str) -> None:
             entry["sha256"] = sha256_of(path)
         files[name] = entry
     manifest: dict[str, Any] = {"format": FORMAT, "files": files}
-    if trainer.optimizer is not None:
+    # save_only_model checkpoints hold no optimizer state: nothing to compare a resume against.
+    if trainer.optimizer is not None and not getattr(trainer.args, "save_only_model", False):
         manifest["optimizer"] = optimizer_record(trainer, unwrap_optimizer(trainer.optimizer))
         manifest["schedule"] = schedule_record(trainer)
     write_json_atomic(os.path.join(output_dir, MANIFEST_NAME), manifest)
@@ -510,6 +511,47 @@ def _rate_summary(settings: list[dict[str, Any]]) -> Any:
     return rates[0] if len(set(map(_show, rates))) == 1 else rates
 
 
+def check_legacy_groups(trainer: Any, checkpoint: str) -> None:
+    """For a checkpoint without a record: refuse saved param groups the built optimizer cannot run on.
+
+    torch's ``load_state_dict`` replaces each group by the saved one, so a setting the built optimizer
+    reads but the saved groups lack (SGD's ``momentum`` in an AdamW checkpoint) fails as a KeyError in
+    the first step. Settings only the saved groups have are harmless (some optimizers add them in step).
+    """
+    import torch
+
+    from .trainer import unwrap_optimizer
+
+    path = os.path.join(checkpoint, OPTIMIZER_NAME)
+    if trainer.optimizer is None or not single_writer(trainer) or not os.path.isfile(path):
+        return
+    try:
+        # mmap: only the small group dicts are read, not the state tensors
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("param_groups")
+    except Exception:  # noqa: BLE001 - the stock load reports its own error
+        return
+    live = unwrap_optimizer(trainer.optimizer).param_groups
+    if not isinstance(saved, list):
+        return
+    problem = None
+    if [len(g.get("params", [])) for g in saved] != [len(g["params"]) for g in live]:
+        problem = (f"{len(saved)} param group(s) of {[len(g.get('params', [])) for g in saved]} parameters, "
+                   f"the arguments build {len(live)} of {[len(g['params']) for g in live]}")
+    else:
+        for i, (old, new) in enumerate(zip(saved, live, strict=True)):
+            missing = sorted(set(new) - set(old))
+            if missing:
+                problem = (f"param group {i} without the settings {missing} that the arguments' optimizer "
+                           f"({type(unwrap_optimizer(trainer.optimizer)).__name__}) reads: it was written by "
+                           "another optimizer")
+                break
+    if problem:
+        raise ValueError(
+            f"Checkpoint {checkpoint} (written without {MANIFEST_NAME}) holds optimizer state for {problem}, so "
+            f"it cannot be loaded. {_way_out()}"
+        )
+
+
 def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
     """Every check of a resume that needs the built optimizer; returns what to apply after loading.
 
@@ -520,7 +562,8 @@ def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
 
     manifest = read_manifest(checkpoint)
     if manifest is None:
-        return None  # written before manifests: loads as it always did
+        check_legacy_groups(trainer, checkpoint)  # written before manifests: loads as it always did
+        return None
     if getattr(trainer, "_registry_verified", None) != checkpoint:
         verify_checksums(checkpoint, manifest)
     record = manifest.get("optimizer")
@@ -629,7 +672,7 @@ class CheckpointMixin:
         return optimizer
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if not single_writer(self):
+        if not single_writer(self) or not self.args.should_save:  # type: ignore[attr-defined]
             return super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
         with atomic_files(output_dir) as scratch:
             super()._save_optimizer_and_scheduler(scratch)  # type: ignore[misc]

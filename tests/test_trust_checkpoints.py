@@ -289,3 +289,13 @@ def test_a_checkpoint_written_before_the_manifest_still_resumes_exactly(saved, t
     assert _resume_warnings(record) == []
     assert max_param_diff(trainer.model, straight) < 1e-6
     assert (run_dir / "checkpoint-4" / MANIFEST_NAME).is_file()  # the resumed run writes new-style ones
+
+
+@pytest.mark.parametrize("other, missing", [("sgd", "momentum"), ("schedule_free_adamw", "train_mode")])
+def test_another_optimizer_on_a_checkpoint_without_the_manifest_is_a_clear_error(saved, tmp_path, other, missing):
+    """Without a record the saved param groups still show it: the built optimizer reads settings they lack."""
+    root, _ = saved
+    run_dir = _copy(root, tmp_path)
+    os.remove(run_dir / "checkpoint-4" / MANIFEST_NAME)
+    with pytest.raises(ValueError, match=rf"without optim_registry\.json.*without the settings \[.*'{missing}'"):
+        _trainer(other, tmp_path / "out").train(resume_from_checkpoint=str(run_dir / "checkpoint-4"))
