@@ -129,6 +129,8 @@ def plain(value: Any) -> Any:
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):  # sorted: a set's order changes from one process to the next
+        return sorted((plain(v) for v in value), key=repr)
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     enum_value = getattr(value, "value", None)
@@ -657,7 +659,7 @@ class CheckpointMixin:
             return
         manifest = read_manifest(checkpoint)
         record = (manifest or {}).get("optimizer")
-        if record is None or record.get("options") is None:
+        if record is None or record.get("name") is None:
             return
         check_asked(record, asked_optimizer(self.args, self.model), checkpoint)  # type: ignore[attr-defined]
 
