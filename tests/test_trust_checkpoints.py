@@ -299,3 +299,15 @@ def test_another_optimizer_on_a_checkpoint_without_the_manifest_is_a_clear_error
     os.remove(run_dir / "checkpoint-4" / MANIFEST_NAME)
     with pytest.raises(ValueError, match=rf"without optim_registry\.json.*without the settings \[.*'{missing}'"):
         _trainer(other, tmp_path / "out").train(resume_from_checkpoint=str(run_dir / "checkpoint-4"))
+
+
+@pytest.mark.parametrize("name", ["adamw_torch_layerwise", "schedule_free_adamw"])
+def test_layerwise_and_schedule_free_resume_exactly_past_a_torn_checkpoint(tmp_path, name):
+    """Their own protocols (per-parameter state, eval mode around saving) survive the manifest and the skip."""
+    kw = {"max_grad_norm": 0.0} if name.endswith("_layerwise") else {}
+    straight = _save_run(tmp_path / "run", name, **kw).model
+    _truncate(tmp_path / "run" / "checkpoint-4" / "model.safetensors")
+    trainer = _trainer(name, tmp_path / "run", **kw)
+    with pytest.warns(ResumeWarning, match="checkpoint-4"):
+        trainer.train(resume_from_checkpoint=True)
+    assert max_param_diff(trainer.model, straight) < 1e-6
