@@ -413,12 +413,23 @@ def _way_out() -> str:
     )
 
 
+def _whole_model_name(name: str) -> str:
+    from .catalog import optimizers
+
+    try:
+        spec = optimizers.get(name)
+    except (KeyError, ValueError, ImportError):  # a plugin no longer installed: its name is all there is
+        return name
+    return spec.base if spec.layerwise and spec.base else spec.name
+
+
 def check_asked(record: dict[str, Any], asked: dict[str, Any], checkpoint: str) -> None:
     """The arguments' optimizer against the checkpoint's, before anything is loaded: one ValueError."""
     if record.get("name") is None:
         return
     problems = []
-    if record["name"] != asked["name"]:
+    # A name and its layer-wise twin keep the same state in torch's layout: switching resumes exactly.
+    if _whole_model_name(record["name"]) != _whole_model_name(asked["name"]):
         problems.append(f"optim={record['name']!r}, the arguments ask for optim={asked['name']!r}")
     elif record.get("options") is not None and record["options"] != asked["options"]:
         problems.append(

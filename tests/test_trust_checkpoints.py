@@ -311,3 +311,11 @@ def test_layerwise_and_schedule_free_resume_exactly_past_a_torn_checkpoint(tmp_p
     with pytest.warns(ResumeWarning, match="checkpoint-4"):
         trainer.train(resume_from_checkpoint=True)
     assert max_param_diff(trainer.model, straight) < 1e-6
+
+
+def test_switching_to_the_layerwise_twin_on_resume_is_allowed_and_exact(saved, tmp_path):
+    """A name and its `_layerwise` twin hold the same state in torch's layout: not another optimizer."""
+    root, straight = saved
+    trainer = _trainer("adamw_torch_layerwise", tmp_path / "out", max_grad_norm=0.0)
+    trainer.train(resume_from_checkpoint=str(root / "checkpoint-2"))
+    assert max_param_diff(trainer.model, straight) < 1e-6
