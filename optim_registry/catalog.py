@@ -36,14 +36,17 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
     if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
         import inspect
 
-        params = set(inspect.signature(obj.__init__).parameters)
+        params = inspect.signature(obj.__init__).parameters
         hparams = frozenset(h for h in HPARAMS if h in params)
+        betas = params["betas"].default if "betas" in params else None
         fields = {
             "target": obj,
             "family": "plugin",
             "description": (obj.__doc__ or obj.__name__).strip().splitlines()[0],
             "hparams": hparams,
-            "options": signature_options(obj, skip=set(hparams) | {"params"}),
+            "options": signature_options(obj, skip=set(hparams) | {"params"}, ranges=True),
+            # the betas the constructor's default has (Adam's two, AdEMAMix's three)
+            "num_betas": len(betas) if isinstance(betas, (tuple, list)) and betas else 2,
         }
         fields.update(meta)
         return OptimizerSpec(name=name, source=source, **fields)
