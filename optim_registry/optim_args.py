@@ -213,9 +213,11 @@ def check_range(option: Option, value: Any, *, where: str = "optim_args") -> Non
             f"{where} key {option.name!r}: {shorten(value)} has {len(value)} number(s); it takes "
             f"{' or '.join(str(n) for n in lengths)}, e.g. {option.name}=({','.join(f'{v:g}' for v in example)})"
         )
-    if option.type not in ("int", "float", "floats", "ints"):
+    if option.type not in ("int", "float", "floats", "ints", "any"):
         return
     numbers = value if isinstance(value, tuple) else (value,)
+    # an untyped ("any") option is checked on whatever numbers it turned out to hold
+    numbers = tuple(n for n in numbers if isinstance(n, (int, float)) and not isinstance(n, bool))
     for number in numbers:
         if option.finite and isinstance(number, float) and not math.isfinite(number):
             bound = option.range_text()

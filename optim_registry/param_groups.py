@@ -86,10 +86,11 @@ def check_target_patterns(patterns: Any) -> None:
             )
         try:
             re.compile(item)
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:  # nesting too deep is no regex either
             raise ValueError(
-                f"`optim_target_modules` pattern {_short(item)} is not a valid regular expression ({exc}); fix it, "
-                f"or match the name literally with re.escape({item!r}) = {re.escape(item)!r}"
+                f"`optim_target_modules` pattern {_short(item)} is not a valid regular expression "
+                f"({_short(str(exc) or type(exc).__name__)}); fix it, or match the name literally with "
+                f"re.escape({_short(item)}) = {_short(re.escape(item))}"
             ) from None
 
 

@@ -236,7 +236,7 @@ def with_guessed_range(option: Option) -> Option:
     default fixes the tuple's length. A default that already breaks the guess (a negative ``lr_power``)
     means the name misleads, and the option is left as it is.
     """
-    if option.type not in ("int", "float", "floats", "ints") or option.low is not None or option.high is not None:
+    if option.type not in ("int", "float", "floats", "ints", "any") or option.low is not None or option.high is not None:
         return option
     changes: dict[str, Any] = {}
     defaults = option.default if isinstance(option.default, (tuple, list)) else (option.default,)
