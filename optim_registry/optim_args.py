@@ -211,7 +211,8 @@ def check_range(option: Option, value: Any, *, where: str = "optim_args") -> Non
             example = (0.9, 0.999, 0.9999, 0.9)[: lengths[0]] if option.type == "floats" else range(1, lengths[0] + 1)
         raise ValueError(
             f"{where} key {option.name!r}: {shorten(value)} has {len(value)} number(s); it takes "
-            f"{' or '.join(str(n) for n in lengths)}, e.g. {option.name}=({','.join(f'{v:g}' for v in example)})"
+            f"{' or '.join(str(n) for n in lengths)} numbers, e.g. "
+            f"{option.name}=({','.join(f'{v:g}' for v in example)})"
         )
     if option.type not in ("int", "float", "floats", "ints", "any"):
         return
@@ -222,13 +223,21 @@ def check_range(option: Option, value: Any, *, where: str = "optim_args") -> Non
         if option.finite and isinstance(number, float) and not math.isfinite(number):
             bound = option.range_text()
             raise ValueError(
-                f"{where} key {option.name!r}: {number!r} is not a finite number"
-                + (f"; valid range {bound}" if bound else "")
+                f"{where} {option.name}={_text(value)} is not a finite number (key {option.name!r}"
+                + (f", valid range {bound})" if bound else ")")
             )
         if not option.in_range(number):
             raise ValueError(
-                f"{where} key {option.name!r}: {shorten(value)} is out of range; valid range {option.range_text()}"
+                f"{where} {option.name}={_text(value)} is out of range (key {option.name!r}, valid range "
+                f"{option.range_text()}{', each number' if isinstance(value, tuple) else ''})"
             )
+
+
+def _text(value: Any) -> str:
+    """A typed value as it would be written in optim_args: ``0.9``, ``(0.9,1.0)``."""
+    if isinstance(value, tuple):
+        return shorten("(" + ",".join(_text(v) for v in value) + ")").strip("'")
+    return repr(value)
 
 
 def shorten(value: Any, limit: int = 80) -> str:

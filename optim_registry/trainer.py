@@ -102,8 +102,10 @@ def _check_target_modules(spec: Any, patterns: Any) -> None:
         _WARNED_UNUSED_TARGETS.add(key)
         import warnings
 
+        from .optim_args import shorten
+
         warnings.warn(
-            f"optim_target_modules={patterns!r} is ignored: optim={spec.name!r} does not use target modules "
+            f"optim_target_modules={shorten(patterns)} is ignored: optim={spec.name!r} does not use target modules "
             "(GaLore, APOLLO and Q-GaLore names do). Drop optim_target_modules, or choose such an optimizer.",
             UserWarning,
             stacklevel=3,

@@ -40,7 +40,7 @@ def positive_lr(values: Mapping[str, Any]) -> str | None:
     """For optimizers that cannot take a zero rate (CAME asserts lr > 0)."""
     lr = values.get("lr")
     if lr is not None and not lr > 0:
-        return f"the learning rate must be > 0 (got lr={lr}); set learning_rate (or optim_args lr) above 0"
+        return f"needs a learning rate > 0 (got lr={lr}); set learning_rate (or optim_args lr) above 0"
     return None
 
 
