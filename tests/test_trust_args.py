@@ -438,3 +438,28 @@ def test_refused_set_optimizer_changes_nothing(name, kwargs):
     assert args.optim == before["optim"] and args.learning_rate == 3e-4
     args.set_optimizer("sgd", learning_rate=0.1)  # a valid choice still applies
     assert args.optim == "sgd" and args.learning_rate == 0.1
+
+
+class _ThreeBetas(torch.optim.Adam):
+    """Adam-like, with a third beta in its betas (as AdEMAMix)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), eps=1e-8, gain: float = 1.0):
+        super().__init__(params, lr=lr, betas=betas[:2], eps=eps)
+
+
+def test_plugin_options_typed_from_the_signature_get_ranges_and_lengths():
+    from optim_registry import get_optimizer_cls_and_kwargs
+
+    register_optimizer("t_trust_three_betas", _ThreeBetas)
+    try:
+        refused(["'betas'", "takes 3 numbers"], "t_trust_three_betas", optim_args="betas=(0.9,0.99)")
+        refused(["eps=-1.0", "'eps'"], "t_trust_three_betas", optim_args="eps=-1")
+        refused(["gain=nan", "finite"], "t_trust_three_betas", optim_args="gain=nan")
+        refused(["'betas'", "-0.9"], "t_trust_three_betas", optim_args="betas=(-0.9,0.99,0.999)")
+        # TrainingArguments' two Adam betas never reach a three-beta constructor
+        _, kwargs = get_optimizer_cls_and_kwargs(make("t_trust_three_betas", adam_beta1=0.5))
+        assert "betas" not in kwargs
+        _, kwargs = get_optimizer_cls_and_kwargs(make("t_trust_three_betas", optim_args="betas=(0.8,0.9,0.99)"))
+        assert kwargs["betas"] == (0.8, 0.9, 0.99)
+    finally:
+        unregister_optimizer("t_trust_three_betas")
