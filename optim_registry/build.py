@@ -12,20 +12,30 @@ import contextlib
 import contextvars
 import inspect
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import deps
-from .optim_args import parse_options
+from .optim_args import check_range, parse_options, shorten
 from .param_groups import build_groups, target_linear_weights
-from .spec import OptimizerSpec, Option
+from .spec import NONNEG, UNIT, OptimizerSpec, Option, Values, with_guessed_range
 
-#: Types of the TrainingArguments hyperparameters when overridden in ``optim_args``.
+#: Types and ranges of the TrainingArguments hyperparameters when overridden in ``optim_args``.
 HPARAM_OPTIONS = {
-    "lr": Option("lr", "float", None, "learning rate (default: TrainingArguments.learning_rate)"),
-    "betas": Option("betas", "floats", None, "(beta1, beta2) (default: adam_beta1, adam_beta2)"),
-    "eps": Option("eps", "float", None, "epsilon (default: TrainingArguments.adam_epsilon)"),
-    "weight_decay": Option("weight_decay", "float", None, "weight decay (default: TrainingArguments.weight_decay)"),
+    "lr": Option("lr", "float", None, "learning rate (default: TrainingArguments.learning_rate)", **NONNEG),
+    "betas": Option("betas", "floats", None, "(beta1, beta2) (default: adam_beta1, adam_beta2)", **UNIT),
+    "eps": Option("eps", "float", None, "epsilon (default: TrainingArguments.adam_epsilon)", **NONNEG),
+    "weight_decay": Option(
+        "weight_decay", "float", None, "weight decay (default: TrainingArguments.weight_decay)", **NONNEG
+    ),
+}
+
+#: The TrainingArguments fields behind each hyperparameter, with the same ranges.
+HPARAM_FIELDS = {
+    "lr": (Option("learning_rate", "float", **NONNEG),),
+    "betas": (Option("adam_beta1", "float", **UNIT), Option("adam_beta2", "float", **UNIT)),
+    "eps": (Option("adam_epsilon", "float", **NONNEG),),
+    "weight_decay": (Option("weight_decay", "float", **NONNEG),),
 }
 
 
@@ -120,11 +130,22 @@ def spec_for(name: str) -> OptimizerSpec:
     return optimizers.get(name)
 
 
+def hparam_option(spec: OptimizerSpec, key: str) -> Option:
+    """The ``optim_args`` override of one hyperparameter for ``spec`` (``betas`` with the record's count)."""
+    option = HPARAM_OPTIONS[key]
+    if key == "betas":
+        counts = (spec.num_betas,) if isinstance(spec.num_betas, int) else tuple(spec.num_betas)
+        help_text = f"({', '.join(f'beta{i + 1}' for i in range(max(counts)))}) (default: adam_beta1, adam_beta2"
+        help_text += (", then the record's own" if max(counts) > 2 else "") + ")"
+        option = replace(option, length=spec.num_betas, help=help_text)
+    return option
+
+
 def option_table(spec: OptimizerSpec) -> list[Option]:
     """The record's options followed by the hyperparameters it lets ``optim_args`` override."""
     table = list(spec.options)
     declared = {o.name for o in table}
-    table += [HPARAM_OPTIONS[h] for h in ("lr", "betas", "eps", "weight_decay") if h in spec.hparams and h not in declared]
+    table += [hparam_option(spec, h) for h in ("lr", "betas", "eps", "weight_decay") if h in spec.hparams and h not in declared]
     return table
 
 
@@ -144,16 +165,68 @@ def hyperparameters(spec: OptimizerSpec, args: Any, given: dict[str, Any]) -> di
     for key in values:
         if given.get(key) is not None:
             values[key] = given[key]
-    if len(values["betas"]) != 2 and "betas" in spec.hparams and not spec.builder:
-        raise ValueError(f"optim_args key 'betas' for optim={spec.name!r} takes two numbers, got {values['betas']}")
     return values
+
+
+def check_hyperparameter_fields(spec: OptimizerSpec, args: Any, given: dict[str, Any]) -> None:
+    """The TrainingArguments fields the optimizer will use, in range (nan and inf refused).
+
+    ``learning_rate`` and ``weight_decay`` go into every param group; ``adam_beta1/2`` and
+    ``adam_epsilon`` only matter to records that take ``betas`` / ``eps``. A value overridden in
+    ``optim_args`` is checked there instead.
+    """
+    for key, fields in HPARAM_FIELDS.items():
+        used = key in spec.hparams or key in ("lr", "weight_decay")
+        if not used or given.get(key) is not None:
+            continue
+        for option in fields:
+            value = getattr(args, option.name, None)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            check_range(option, float(value), where="TrainingArguments")
+
+
+def record_values(spec: OptimizerSpec, given: dict[str, Any], hp: dict[str, Any]) -> Values:
+    """Every value the optimizer will be built with: option defaults, ``fixed``, what optim_args gave, hparams."""
+    values = Values({o.name: o.default for o in spec.options})
+    values.given = frozenset(given)
+    values.update(spec.fixed)
+    values.update(given)
+    for key in ("lr", "betas", "eps", "weight_decay"):
+        if key in spec.hparams:
+            values[key] = hp[key]
+    return values
+
+
+def check_values(spec: OptimizerSpec, args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Typed ``optim_args`` and the resolved hyperparameters, after every check the arguments alone allow.
+
+    Types, ranges and tuple lengths (the parser), the TrainingArguments fields the optimizer uses,
+    options the constructor cannot do without, and the record's cross-field ``checks``.
+    """
+    given = parse_optim_args(spec, getattr(args, "optim_args", None))
+    check_hyperparameter_fields(spec, args, given)
+    missing = [o.name for o in spec.options if o.required and o.name not in given and o.name not in spec.fixed]
+    if missing:
+        example = ",".join(f"{m}=..." for m in missing)
+        raise ValueError(
+            f"optim={spec.name!r} needs optim_args key(s) {', '.join(repr(m) for m in missing)}: the optimizer's "
+            f"constructor has no default for them. Pass optim_args=\"{example}\", or give the constructor "
+            "argument a default when registering it."
+        )
+    hp = hyperparameters(spec, args, given)
+    values = record_values(spec, given, hp)
+    for check in spec.checks:
+        problem = check(values)
+        if problem:
+            raise ValueError(f"optim={spec.name!r}: {problem}")
+    return given, hp
 
 
 def make_context(args: Any, model: Any = None, spec: OptimizerSpec | None = None) -> BuildContext:
     """Resolve, check and type everything for ``args.optim`` without touching the model."""
     spec = spec or spec_for(_name_of(args))
-    given = parse_optim_args(spec, getattr(args, "optim_args", None))
-    hp = hyperparameters(spec, args, given)
+    given, hp = check_values(spec, args)
     options = {o.name: o.default for o in spec.options if o.send}
     options.update({k: v for k, v in given.items() if k in spec.option_map})
     kwargs: dict[str, Any] = {"lr": hp["lr"]}
@@ -196,8 +269,8 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         raise ValueError(f"optim={spec.name!r} cannot train through the Trainer: {spec.unsupported}")
     ctx = make_context(args, model, spec)
     if spec.builder is not None:
-        builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
-        cls, kwargs = builder(ctx)
+        builder = load_builder(spec)
+        cls, kwargs = checked_result(spec, builder, builder(ctx))
     else:
         cls, kwargs = ctx.target(), ctx.with_groups(dict(ctx.kwargs))
     if spec.layerwise:
@@ -205,6 +278,57 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
 
         return layerwise_factory(ctx, cls, kwargs)
     return cls, kwargs
+
+
+def load_builder(spec: OptimizerSpec) -> Callable[..., Any]:
+    """The record's builder, refused with a ``ValueError`` unless it can be called with one BuildContext."""
+    builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
+    problem = None
+    if not callable(builder):
+        problem = f"is {shorten(builder)}, which cannot be called"
+    else:
+        try:
+            inspect.signature(builder).bind(None)
+        except TypeError:
+            problem = f"({_qualname(builder)}{_signature_text(builder)}) cannot be called with one argument"
+        except ValueError:  # no signature (a builtin): let the call decide
+            pass
+    if problem:
+        raise ValueError(
+            f"optim={spec.name!r} (from {spec.source}): its builder {problem}. A builder is a function "
+            "(ctx: BuildContext) -> (optimizer class or factory, kwargs dict); to register an optimizer class, "
+            "pass a torch.optim.Optimizer subclass instead (docs/plugins.md)."
+        )
+    return builder  # type: ignore[return-value]
+
+
+def _qualname(obj: Any) -> str:
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+def _signature_text(obj: Any) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def checked_result(spec: OptimizerSpec, builder: Any, result: Any) -> tuple[Any, dict[str, Any]]:
+    """A builder's ``(cls_or_factory, kwargs)``, or a ``ValueError`` naming what it returned instead."""
+    ok = (
+        isinstance(result, tuple)
+        and len(result) == 2
+        and callable(result[0])
+        and isinstance(result[1], dict)
+        and all(isinstance(k, str) for k in result[1])
+    )
+    if not ok:
+        raise ValueError(
+            f"optim={spec.name!r} (from {spec.source}): its builder {_qualname(builder)} returned "
+            f"{shorten(result)}; a builder must return (optimizer class or factory, kwargs dict), e.g. "
+            "(torch.optim.AdamW, {'lr': ctx.hparams['lr']}). Fix the builder."
+        )
+    return result
 
 
 def is_factory(obj: Any) -> bool:
@@ -281,8 +405,12 @@ def keep_embeddings_32bit(model: Any) -> int:
     return covered
 
 
-def signature_options(cls: Any, skip: set[str]) -> tuple[Option, ...]:
-    """Options typed from a constructor's signature defaults (used for plugins and catalogues)."""
+def signature_options(cls: Any, skip: set[str], *, ranges: bool = False) -> tuple[Option, ...]:
+    """Options typed from a constructor's signature defaults (used for plugins and catalogues).
+
+    ``ranges=True`` (optimizer plugins) adds the range an option's name makes obvious (rates, eps,
+    weight decay, betas, momentum cannot be negative) and marks arguments without a default required.
+    """
     out = []
     try:
         params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
@@ -292,7 +420,10 @@ def signature_options(cls: Any, skip: set[str]) -> tuple[Option, ...]:
         if pname in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in ("self", "params"):
             continue
         default = None if p.default is inspect.Parameter.empty else p.default
-        out.append(Option(pname, _type_of(default, p.annotation), default, nullable=default is None))
+        option = Option(pname, _type_of(default, p.annotation), default, nullable=default is None)
+        if ranges:
+            option = with_guessed_range(replace(option, required=p.default is inspect.Parameter.empty))
+        out.append(option)
     return tuple(out)
 
 

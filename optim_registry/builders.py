@@ -9,11 +9,7 @@ from .build import BuildContext
 
 def adafactor(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """transformers' Adafactor; with ``relative_step`` it must not get a learning rate."""
-    kwargs = dict(ctx.kwargs)
-    if kwargs.get("warmup_init") and not kwargs.get("relative_step"):
-        raise ValueError(
-            "optim_args warmup_init=true for optim='adafactor' needs relative_step=true as well"
-        )
+    kwargs = dict(ctx.kwargs)  # warmup_init without relative_step: refused by the record's checks
     if kwargs.get("relative_step"):
         # Adafactor computes its own step size; a manual lr is an error inside it.
         kwargs["lr"] = None

@@ -36,14 +36,18 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
     if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
         import inspect
 
-        params = set(inspect.signature(obj.__init__).parameters)
-        hparams = frozenset(h for h in HPARAMS if h in params)
+        params = inspect.signature(obj.__init__).parameters
+        betas = params["betas"].default if "betas" in params else None
+        # TrainingArguments' (adam_beta1, adam_beta2) fit a constructor whose betas are two numbers; other
+        # betas (AdEMAMix's three) stay an optim_args option with the constructor's default and length
+        other_betas = isinstance(betas, (tuple, list)) and len(betas) != 2
+        hparams = frozenset(h for h in HPARAMS if h in params and not (h == "betas" and other_betas))
         fields = {
             "target": obj,
             "family": "plugin",
             "description": (obj.__doc__ or obj.__name__).strip().splitlines()[0],
             "hparams": hparams,
-            "options": signature_options(obj, skip=set(hparams) | {"params"}),
+            "options": signature_options(obj, skip=set(hparams) | {"params"}, ranges=True),
         }
         fields.update(meta)
         return OptimizerSpec(name=name, source=source, **fields)

@@ -30,12 +30,33 @@ def _load_deepspeed_config(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
-            return json.loads(text)
+            return _parse_json(text, f"deepspeed={_short(value)}")
         path = Path(text)
         if path.is_file():
-            return json.loads(path.read_text())
-        raise ValueError(f"deepspeed={value!r}: no such DeepSpeed config file")
+            return _parse_json(path.read_text(), f"deepspeed={_short(value)} (file {path})")
+        raise ValueError(
+            f"deepspeed={_short(value)}: no such DeepSpeed config file; give the path of a JSON config, a dict, "
+            'or a JSON object string such as \'{"zero_optimization": {"stage": 2}}\''
+        )
     return {}
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
+def _parse_json(text: str, what: str) -> dict[str, Any]:
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. Fix the JSON (keys "
+            "and strings in double quotes, no trailing commas), or give the path of a DeepSpeed JSON config file"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{what} is JSON but not an object; a DeepSpeed config is a JSON object")
+    return loaded
 
 
 def detect_backend(args: Any) -> Backend:

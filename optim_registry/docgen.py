@@ -128,6 +128,8 @@ def option_rows(spec: OptimizerSpec) -> list[tuple[str, str, str, str]]:
         meaning = o.help or ""
         if o.choices:
             meaning = f"{meaning} (one of {', '.join(format_value(c) for c in o.choices)})".strip()
+        if o.describe():
+            meaning = f"{meaning} (valid: {o.describe()})".strip()
         default = format_value(o.default) if o.default is not None or o.name not in spec.hparams else "from TrainingArguments"
         rows.append((o.name, o.type, default, meaning))
     return rows

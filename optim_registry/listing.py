@@ -42,7 +42,8 @@ def info(spec: OptimizerSpec, providers: list[tuple[str, str | None, bool]] | No
     absent = deps.missing(spec.requires)
     options = {
         o.name: {"type": o.type, "default": _jsonable(o.default), "help": o.help,
-                 **({"choices": list(o.choices)} if o.choices else {})}
+                 **({"choices": list(o.choices)} if o.choices else {}),
+                 **({"valid": o.describe()} if o.describe() else {})}
         for o in option_table(spec)
     }
     providers = providers or []

@@ -28,78 +28,135 @@ _DTYPES = {
 
 
 def closest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
-    """The candidates closest to ``word``, best first (then the rest in order, for listing)."""
+    """The candidates closest to ``word``, best first; letter case is ignored (``LR`` finds ``lr``)."""
     candidates = list(candidates)
-    best = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+    by_lower: dict[str, str] = {}
+    for c in candidates:
+        by_lower.setdefault(c.lower(), c)
+    lower = str(word).lower()
+    # the same name in other letters, then names that start with it ("AdamW" -> adamw_torch), then look-alikes
+    prefixed = sorted((c for c in by_lower if c.startswith(lower) and c != lower), key=len)
+    similar = difflib.get_close_matches(lower, list(by_lower), n=n, cutoff=0.5)
+    best = list(dict.fromkeys([*(c for c in (lower,) if c in by_lower), *prefixed[:3], *similar]))[:n]
     if not best:
-        lower = word.lower()
-        best = [c for c in candidates if lower in c.lower() or c.lower() in lower][:n]
-    return best
+        best = [c for c in by_lower if lower in c or c in lower][:n]
+    return [by_lower[c] for c in best]
 
 
 def ordered_by_closeness(word: str, candidates: Iterable[str]) -> list[str]:
-    """All candidates, the closest to ``word`` first."""
+    """All candidates, the closest to ``word`` first (letter case ignored)."""
     candidates = list(candidates)
-    return sorted(candidates, key=lambda c: -difflib.SequenceMatcher(None, word, c).ratio())
+    lower = str(word).lower()
+    return sorted(candidates, key=lambda c: -difflib.SequenceMatcher(None, lower, c.lower()).ratio())
 
 
-def split_pairs(text: str, where: str = "optim_args") -> list[tuple[str, str]]:
+def _accepted_hint(accepted: Iterable[str] | None) -> str:
+    keys = list(accepted or ())
+    return f" Accepted keys: {', '.join(keys)}." if keys else ""
+
+
+def _unique_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """``object_pairs_hook`` for JSON: a key given twice is refused, as in the ``k=v`` form."""
+    out: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def split_pairs(text: str, where: str = "optim_args", accepted: Iterable[str] | None = None) -> list[tuple[str, Any]]:
     """Split ``"a=1, b=(0.9,0.95),"`` into ``[("a", "1"), ("b", "(0.9,0.95)")]``.
 
     Commas inside brackets belong to the value; a trailing comma and spaces around tokens are
-    tolerated; spaces inside a value are kept.
+    tolerated; spaces inside a value are kept. ``accepted`` (the valid keys) goes into the messages.
     """
     stripped = text.strip()
+    shown = shorten(text)
     if stripped.startswith("{"):
         try:
-            loaded = json.loads(stripped)
+            loaded = json.loads(stripped, object_pairs_hook=_unique_pairs)
+        except _DuplicateKey as dup:
+            raise ValueError(f"{where} key {dup.args[0]!r} is given twice in the JSON object {shown}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{where} {text!r} looks like JSON but does not parse: {exc}") from None
+            raise ValueError(
+                f"{where} {shown} looks like JSON but does not parse ({exc.msg} at character {exc.pos}); write a "
+                'JSON object such as {"betas": [0.9, 0.95]}, or key=value pairs such as betas=(0.9,0.95)'
+            ) from None
         if not isinstance(loaded, dict):
-            raise ValueError(f"{where} {text!r}: a JSON value must be an object")
-        return [(str(k), v) for k, v in loaded.items()]
+            raise ValueError(f"{where} {shown}: a JSON value must be an object")
+        return list(loaded.items())
     tokens: list[str] = []
     depth, start = 0, 0
+    opened: list[int] = []
     for i, ch in enumerate(stripped):
         if ch in "([{":
             depth += 1
+            opened.append(i)
         elif ch in ")]}":
             depth -= 1
             if depth < 0:
-                raise ValueError(f"{where} {text!r}: unbalanced {ch!r} at position {i}")
+                raise ValueError(
+                    f"{where} {shown}: unbalanced {ch!r} at position {i} closes no bracket; open it before the numbers, e.g. "
+                    "betas=(0.9,0.95), or drop it." + _accepted_hint(accepted)
+                )
+            opened.pop()
         elif ch == "," and depth == 0:
             tokens.append(stripped[start:i])
             start = i + 1
     if depth != 0:
-        raise ValueError(f"{where} {text!r}: unbalanced brackets")
+        raise ValueError(
+            f"{where} {shown}: unbalanced brackets, the one opened at position {opened[-1]} is never closed; close it after the "
+            "numbers, e.g. betas=(0.9,0.95)." + _accepted_hint(accepted)
+        )
     tokens.append(stripped[start:])
-    pairs = []
+    pairs: list[tuple[str, Any]] = []
     for token in tokens:
         if not token.strip():
             continue
         if "=" not in token:
             raise ValueError(
-                f"{where} token {token.strip()!r} has no '='; write key=value pairs separated by commas, "
-                "and put values that contain commas in brackets, e.g. betas=(0.9,0.95)"
+                f"{where} token {shorten(token.strip())} has no '='; write key=value pairs separated by commas, "
+                "and put values that contain commas in brackets, e.g. betas=(0.9,0.95)." + _accepted_hint(accepted)
             )
         key, value = token.split("=", 1)
         key = key.strip()
         if not key:
-            raise ValueError(f"{where} token {token.strip()!r} has an empty key")
+            raise ValueError(
+                f"{where} token {shorten(token.strip())} has an empty key; write key=value, e.g. "
+                f"{next(iter(accepted or ()), 'lr')}={value.strip() or '...'}." + _accepted_hint(accepted)
+            )
         pairs.append((key, value.strip()))
     return pairs
 
 
-def to_mapping(raw: str | Mapping[str, Any] | None, where: str = "optim_args") -> dict[str, Any]:
-    """Raw ``optim_args`` as a dict of (still untyped) values; duplicated keys are an error."""
+def to_mapping(
+    raw: str | Mapping[str, Any] | None, where: str = "optim_args", accepted: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """Raw ``optim_args`` as a dict of (still untyped) values; duplicated or non-string keys are an error."""
     if raw is None:
         return {}
     if isinstance(raw, Mapping):
+        bad = [k for k in raw if not isinstance(k, str)]
+        if bad:
+            raise ValueError(
+                f"{where} keys must be strings; {shorten(bad[0])} ({type(bad[0]).__name__}) is not."
+                + _accepted_hint(accepted)
+            )
+        empty = [k for k in raw if not k.strip()]
+        if empty:
+            raise ValueError(f"{where} has an empty key {empty[0]!r}." + _accepted_hint(accepted))
         return dict(raw)
     if not isinstance(raw, str):
         raise ValueError(f"{where} must be a 'k=v,k=v' string or a dict, not {type(raw).__name__}")
     out: dict[str, Any] = {}
-    for key, value in split_pairs(raw, where):
+    for key, value in split_pairs(raw, where, accepted):
+        if not isinstance(key, str) or not key.strip():
+            raise ValueError(f"{where} has an empty key {key!r}." + _accepted_hint(accepted))
         if key in out:
             raise ValueError(f"{where} key {key!r} is given twice")
         out[key] = value
@@ -134,38 +191,53 @@ def coerce(option: Option, value: Any, *, where: str = "optim_args") -> Any:
         raise ValueError(f"{where} key {option.name!r} cannot be None; expected {option.type}")
     try:
         result = _coerce(option.type, value, text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise ValueError(
-            f"{where} key {option.name!r}: {value!r} is not a valid {_TYPE_WORDS[option.type]}"
+            f"{where} key {option.name!r}: {shorten(value)} is not a valid {_TYPE_WORDS[option.type]}"
             + (f" (one of {list(option.choices)})" if option.choices else "")
         ) from None
     if option.choices is not None and result not in option.choices:
-        raise ValueError(f"{where} key {option.name!r}: {value!r} is not one of {list(option.choices)}")
+        raise ValueError(f"{where} key {option.name!r}: {shorten(value)} is not one of {list(option.choices)}")
     check_range(option, result, where=where)
     return result
 
 
 def check_range(option: Option, value: Any, *, where: str = "optim_args") -> None:
     """``ValueError`` naming the key, the value and the valid range when a typed number is outside it."""
-    if option.type in ("floats", "ints") and option.length is not None and len(value) != option.length:
+    lengths = option.lengths
+    if option.type in ("floats", "ints") and lengths is not None and len(value) not in lengths:
+        example = option.default if isinstance(option.default, tuple) and len(option.default) in lengths else None
+        if example is None:
+            example = (0.9, 0.999, 0.9999, 0.9)[: lengths[0]] if option.type == "floats" else range(1, lengths[0] + 1)
         raise ValueError(
-            f"{where} key {option.name!r}: {shorten(value)} has {len(value)} number(s); it takes exactly "
-            f"{option.length}, e.g. {option.name}=({','.join(['0.9'] * option.length)})"
+            f"{where} key {option.name!r}: {shorten(value)} has {len(value)} number(s); it takes "
+            f"{' or '.join(str(n) for n in lengths)} numbers, e.g. "
+            f"{option.name}=({','.join(f'{v:g}' for v in example)})"
         )
-    if option.type not in ("int", "float", "floats", "ints"):
+    if option.type not in ("int", "float", "floats", "ints", "any"):
         return
     numbers = value if isinstance(value, tuple) else (value,)
+    # an untyped ("any") option is checked on whatever numbers it turned out to hold
+    numbers = tuple(n for n in numbers if isinstance(n, (int, float)) and not isinstance(n, bool))
     for number in numbers:
         if option.finite and isinstance(number, float) and not math.isfinite(number):
             bound = option.range_text()
             raise ValueError(
-                f"{where} key {option.name!r}: {number!r} is not a finite number"
-                + (f"; valid range {bound}" if bound else "")
+                f"{where} {option.name}={_text(value)} is not a finite number (key {option.name!r}"
+                + (f", valid range {bound})" if bound else ")")
             )
         if not option.in_range(number):
             raise ValueError(
-                f"{where} key {option.name!r}: {shorten(value)} is out of range; valid range {option.range_text()}"
+                f"{where} {option.name}={_text(value)} is out of range (key {option.name!r}, valid range "
+                f"{option.range_text()}{', each number' if isinstance(value, tuple) else ''})"
             )
+
+
+def _text(value: Any) -> str:
+    """A typed value as it would be written in optim_args: ``0.9``, ``(0.9,1.0)``."""
+    if isinstance(value, tuple):
+        return shorten("(" + ",".join(_text(v) for v in value) + ")").strip("'")
+    return repr(value)
 
 
 def shorten(value: Any, limit: int = 80) -> str:
@@ -177,7 +249,7 @@ def shorten(value: Any, limit: int = 80) -> str:
 _TYPE_WORDS = {
     "int": "integer", "float": "number", "bool": "boolean (true/false/1/0/yes/no)", "str": "string",
     "floats": "tuple of numbers such as (0.9,0.95)", "ints": "tuple of integers such as (100,200)",
-    "dtype": "dtype name (float32, bfloat16, float16, ...)", "any": "value",
+    "dtype": "dtype name (one of " + ", ".join(sorted(_DTYPES)) + ")", "any": "value",
 }
 
 
@@ -253,13 +325,14 @@ def parse_options(
     """
     declared = {o.name: o for o in options}
     typed: dict[str, Any] = {}
-    for key, value in to_mapping(raw, where).items():
+    for key, value in to_mapping(raw, where, accepted=declared).items():
         option = declared.get(key)
         if option is None:
             accepted = ordered_by_closeness(key, declared)
-            hint = f" Did you mean {accepted[0]!r}?" if accepted and closest(key, declared) else ""
+            near = closest(key, declared, n=1)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
             raise ValueError(
-                f"{where} key {key!r} is not accepted by {subject}.{hint} "
+                f"{where} key {shorten(key)} is not accepted by {subject}.{hint} "
                 f"Accepted keys (closest first): {', '.join(accepted) if accepted else '(none)'}"
             )
         typed[key] = coerce(option, value, where=where)

@@ -56,6 +56,49 @@ def module_matches(patterns: str | Sequence[str], module_name: str) -> bool:
     return any(re.fullmatch(p, module_name) is not None for p in patterns)
 
 
+def check_target_patterns(patterns: Any) -> None:
+    """``ValueError`` for target patterns that are malformed whatever the model: not strings, an empty
+    pattern (as a substring it would target every Linear, the output head included), an invalid regex."""
+    if not isinstance(patterns, (str, list, tuple)) or (
+        not isinstance(patterns, str) and not all(isinstance(p, str) for p in patterns)
+    ):
+        raise ValueError(
+            f"`optim_target_modules` must be a regex string, a list of strings or 'all-linear', not "
+            f"{_short(patterns)}"
+        )
+    if isinstance(patterns, str):
+        if is_all_linear(patterns):
+            return
+        items = [patterns]
+    else:
+        items = list(patterns)
+        if not items:
+            raise ValueError(
+                "`optim_target_modules` is an empty list: name the modules to target, e.g. "
+                "[r'.*attn.*', r'.*mlp.*'], or 'all-linear'"
+            )
+    for item in items:
+        if not item.strip():
+            raise ValueError(
+                f"`optim_target_modules` {_short(patterns)} contains an empty pattern {item!r}: as a substring it "
+                "matches every nn.Linear, the output head included. Remove it, or use 'all-linear' for every "
+                "Linear except the head."
+            )
+        try:
+            re.compile(item)
+        except (re.error, RecursionError, OverflowError) as exc:  # nesting too deep is no regex either
+            raise ValueError(
+                f"`optim_target_modules` pattern {_short(item)} is not a valid regular expression "
+                f"({_short(str(exc) or type(exc).__name__)}); fix it, or match the name literally with "
+                f"re.escape({_short(item)}) = {_short(re.escape(item))}"
+            ) from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
 def target_linear_weights(
     model: nn.Module, patterns: str | Sequence[str] | None, *, subject: str
 ) -> list[str]:
@@ -70,17 +113,7 @@ def target_linear_weights(
             f"{subject} needs `optim_target_modules` (e.g. [r'.*attn.*', r'.*mlp.*'] or 'all-linear'); "
             f"Linear modules in this model include: {_examples(linear)}"
         )
-    if not isinstance(patterns, (str, list, tuple)) or (
-        not isinstance(patterns, str) and not all(isinstance(p, str) for p in patterns)
-    ):
-        raise ValueError(
-            f"`optim_target_modules` must be a regex string, a list of strings or 'all-linear', not {patterns!r}"
-        )
-    if isinstance(patterns, str) and not is_all_linear(patterns):
-        try:
-            re.compile(patterns)
-        except re.error as exc:
-            raise ValueError(f"`optim_target_modules` {patterns!r} is not a valid regex: {exc}") from None
+    check_target_patterns(patterns)
     if is_all_linear(patterns):
         head = _output_head(model)
         chosen = [n for n, m in linear if m is not head]
@@ -88,8 +121,19 @@ def target_linear_weights(
         chosen = [n for n, _ in linear if module_matches(patterns, n)]
     if not chosen:
         raise ValueError(
-            f"`optim_target_modules` {patterns!r} matches no nn.Linear module of this model ({subject}). "
+            f"`optim_target_modules` {_short(patterns)} matches no nn.Linear module of this model ({subject}). "
             f"Modules that exist include: {_examples(linear)}"
+        )
+    modules = dict(linear)
+    trainable = [n for n in chosen if modules[n].weight.requires_grad]
+    if not trainable:
+        others = [(n, m) for n, m in linear if m.weight.requires_grad]
+        raise ValueError(
+            f"`optim_target_modules` {_short(patterns)} matches only frozen weights (requires_grad=False: "
+            f"{', '.join(chosen[:4])}{' ...' if len(chosen) > 4 else ''}), so {subject} would project nothing. "
+            "Target trainable modules"
+            + (f" (trainable nn.Linear modules include: {_examples(others)})" if others else "")
+            + ", or unfreeze these."
         )
     return [f"{n}.weight" for n in chosen]
 

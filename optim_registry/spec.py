@@ -7,6 +7,8 @@ which protocol the training loop must follow. One builder (``build.py``) interpr
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -45,14 +47,27 @@ class Option:
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
-    #: How many numbers a tuple option takes (``betas`` of Adam: 2).
-    length: int | None = None
-    #: Numbers must be finite (nan and inf refused); a record may opt out for a deliberate ``inf``.
+    #: How many numbers a tuple option takes (``betas`` of Adam: 2), or the accepted counts ``(2, 3)``.
+    length: int | tuple[int, ...] | None = None
+    #: Numbers must be finite (nan and inf refused); a record may opt out for a deliberate ``inf``. An
+    #: option whose default is itself inf or nan opts out by that default.
     finite: bool = True
+    #: The constructor has no default for it (plugins typed from a signature): ``optim_args`` must give it.
+    required: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in OPTION_TYPES:
             raise ValueError(f"option {self.name!r}: unknown type {self.type!r}; use one of {sorted(OPTION_TYPES)}")
+        defaults = self.default if isinstance(self.default, (tuple, list)) else (self.default,)
+        if any(isinstance(d, float) and not math.isfinite(d) for d in defaults):
+            object.__setattr__(self, "finite", False)
+
+    @property
+    def lengths(self) -> tuple[int, ...] | None:
+        """The accepted tuple lengths, or ``None`` when any length is fine."""
+        if self.length is None:
+            return None
+        return (self.length,) if isinstance(self.length, int) else tuple(self.length)
 
     def range_text(self) -> str:
         """The valid range in interval notation (``[0, 1)``, ``> 0``), or ``""`` when unbounded."""
@@ -64,11 +79,27 @@ class Option:
             return f"{'<' if self.high_open else '<='} {self.high:g}"
         return ""
 
+    def describe(self) -> str:
+        """The declared constraints in words (range, tuple length), for listings and docs."""
+        parts = []
+        if self.lengths is not None:
+            parts.append(" or ".join(str(n) for n in self.lengths) + " numbers")
+        if self.range_text():
+            parts.append(("each " if self.type in ("floats", "ints") else "") + self.range_text())
+        return ", ".join(parts)
+
     def in_range(self, number: float) -> bool:
         """Whether one number lies in the declared range (finite-ness is checked separately)."""
         if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
             return False
         return not (self.high is not None and (number > self.high or (self.high_open and number == self.high)))
+
+
+class Values(dict):  # type: ignore[type-arg]
+    """What a record's ``checks`` get: every value the optimizer is built with, and which keys
+    ``optim_args`` gave (``given``)."""
+
+    given: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -119,6 +150,13 @@ class OptimizerSpec:
     options: tuple[Option, ...] = ()
     #: TrainingArguments hyperparameters passed to the constructor (and overridable in optim_args).
     hparams: frozenset[str] = frozenset({"lr"})
+    #: How many numbers the ``betas`` hyperparameter takes (timm's ``num_betas``), or the accepted counts
+    #: (AdEMAMix: ``(2, 3)``); checked from this data when the arguments are created.
+    num_betas: int | tuple[int, ...] = 2
+    #: Cross-field checks run when the arguments are created: each gets every value the optimizer will be
+    #: built with (options with their defaults, ``fixed``, lr / betas / eps / weight_decay) and returns
+    #: ``None``, or what is wrong and how to fix it (the message is prefixed with the name).
+    checks: tuple[Callable[[Mapping[str, Any]], str | None], ...] = ()
     #: Keyword arguments always passed (e.g. ``optim_bits=8``); not settable by the user.
     fixed: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     builder: str | Callable[..., Any] | None = None
@@ -177,3 +215,35 @@ class OptimizerSpec:
 def opt(name: str, type_: str, default: Any = None, help: str = "", **kw: Any) -> Option:
     """Shorthand used by the built-in tables."""
     return Option(name, type_, default, help, **kw)
+
+
+#: Shorthands for the usual ranges: ``opt("momentum", "float", 0.9, "...", **UNIT)``.
+NONNEG: Mapping[str, Any] = MappingProxyType({"low": 0.0})
+POSITIVE: Mapping[str, Any] = MappingProxyType({"low": 0.0, "low_open": True})
+UNIT: Mapping[str, Any] = MappingProxyType({"low": 0.0, "high": 1.0, "high_open": True})
+AT_LEAST_ONE: Mapping[str, Any] = MappingProxyType({"low": 1})
+
+_RATE = re.compile(r"(^|_)lr($|_)")
+_EPS = re.compile(r"(^|_)eps(_?\d+)?$")
+_DECAY = re.compile(r"(^|_)weight_decay($|_)")
+_BETA = re.compile(r"^betas?\d*$|_beta\d*$")
+
+
+def with_guessed_range(option: Option) -> Option:
+    """``option`` with the obvious range its name implies, for options typed from a signature.
+
+    Rates (``lr``, ``*_lr``), epsilons, weight decays, betas and momentum cannot be negative; a tuple
+    default fixes the tuple's length. A default that already breaks the guess (a negative ``lr_power``)
+    means the name misleads, and the option is left as it is.
+    """
+    if option.type not in ("int", "float", "floats", "ints", "any") or option.low is not None or option.high is not None:
+        return option
+    changes: dict[str, Any] = {}
+    defaults = option.default if isinstance(option.default, (tuple, list)) else (option.default,)
+    numbers = [d for d in defaults if isinstance(d, (int, float)) and not isinstance(d, bool)]
+    named = any(p.search(option.name) for p in (_RATE, _EPS, _DECAY, _BETA)) or option.name == "momentum"
+    if named and all(n >= 0 for n in numbers):
+        changes["low"] = 0.0
+    if option.type in ("floats", "ints") and isinstance(option.default, (tuple, list)) and option.length is None:
+        changes["length"] = len(option.default)
+    return replace(option, **changes) if changes else option

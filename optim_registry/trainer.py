@@ -42,12 +42,10 @@ def validate_training_args(args: Any) -> None:
     deps.check(spec.name, spec.requires)
     if spec.unsupported:
         raise ValueError(f"optim={name!r} cannot train through the Trainer: {spec.unsupported}")
-    build.parse_optim_args(spec, getattr(args, "optim_args", None))
-    if spec.target_modules and getattr(args, "optim_target_modules", None) is None:
-        raise ValueError(
-            f"optim={name!r} needs `optim_target_modules` (e.g. ['self_attn', 'mlp'] or 'all-linear'): the "
-            "modules whose weights it projects"
-        )
+    if spec.builder is not None and spec.source != "builtin":
+        build.load_builder(spec)  # a plugin's "builder" that cannot be one is refused by name, now
+    build.check_values(spec, args)
+    _check_target_modules(spec, getattr(args, "optim_target_modules", None))
     check_scheduler_args(args)
     ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
     if spec.needs_gpu is not None:
@@ -82,6 +80,39 @@ def validate_training_args(args: Any) -> None:
     check_distributed(spec, args)
 
 
+#: (optim, target patterns) already warned about: the warning is said once, not at every validation.
+_WARNED_UNUSED_TARGETS: set[tuple[str, str]] = set()
+
+
+def _check_target_modules(spec: Any, patterns: Any) -> None:
+    """Target patterns well formed for a record that uses them; a warning for one that does not."""
+    from .param_groups import check_target_patterns
+
+    if spec.target_modules:
+        if patterns is None:
+            raise ValueError(
+                f"optim={spec.name!r} needs `optim_target_modules` (e.g. ['self_attn', 'mlp'] or 'all-linear'): "
+                "the modules whose weights it projects"
+            )
+        check_target_patterns(patterns)
+        return
+    if patterns is None or (spec.builder is not None and spec.source != "builtin"):
+        return  # a plugin's own builder may read the patterns itself
+    key = (spec.name, repr(patterns))
+    if key not in _WARNED_UNUSED_TARGETS:
+        _WARNED_UNUSED_TARGETS.add(key)
+        import warnings
+
+        from .optim_args import shorten
+
+        warnings.warn(
+            f"optim_target_modules={shorten(patterns)} is ignored: optim={spec.name!r} does not use target modules "
+            "(GaLore, APOLLO and Q-GaLore names do). Drop optim_target_modules, or choose such an optimizer.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class RegistryArgumentsMixin:
     """Makes any ``transformers.TrainingArguments`` subclass accept registry names.
 
@@ -110,9 +141,16 @@ class RegistryArgumentsMixin:
 
     def set_optimizer(self, name: str = "adamw_torch", *args: Any, **kwargs: Any) -> Any:
         optimizers.check_name(_plain(name))
-        super().set_optimizer("adamw_torch", *args, **kwargs)  # type: ignore[misc]
-        self.optim = _optimizer_value(_plain(name))
-        validate_training_args(self)
+        before = dict(vars(self))
+        try:
+            super().set_optimizer("adamw_torch", *args, **kwargs)  # type: ignore[misc]
+            self.optim = _optimizer_value(_plain(name))
+            validate_training_args(self)
+        except BaseException:
+            # a refused choice leaves the arguments exactly as they were
+            vars(self).clear()
+            vars(self).update(before)
+            raise
         return self
 
     def set_lr_scheduler(self, name: str = "linear", *args: Any, **kwargs: Any) -> Any:

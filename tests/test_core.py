@@ -175,7 +175,7 @@ def test_list_optimizers_records():
     infos = {i.name: i for i in list_optimizers()}
     sgd = infos["sgd"]
     assert sgd.available and sgd.source == "builtin" and sgd.requires == []
-    assert sgd.options["momentum"] == {"type": "float", "default": 0.0, "help": "momentum factor"}
+    assert sgd.options["momentum"] == {"type": "float", "default": 0.0, "help": "momentum factor", "valid": "[0, 1)"}
     assert "adamw_torch_layerwise" in infos and infos["adamw_torch_layerwise"].layerwise
 
 

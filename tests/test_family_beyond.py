@@ -113,7 +113,7 @@ def test_off_cpu_the_fast_paths_stay_on(caplog):
         ("optimi_adan", "betas=(0.9,0.99)", "takes 3 numbers"),
         ("optimi_adamw", "betas=(0.9,0.99,0.9)", "takes 2 numbers"),
         ("came_pytorch", "lr=0", "learning rate > 0"),
-        ("muon", "betas=(0.9,0.9,0.9)", "takes two numbers"),
+        ("muon", "betas=(0.9,0.9,0.9)", "takes 2 numbers"),
     ],
 )
 def test_bad_combinations_are_refused(name, optim_args, match):

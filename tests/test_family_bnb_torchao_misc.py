@@ -108,7 +108,7 @@ def test_bnb_rmsprop_options_are_typed(tiny_model):
     [
         ("centered=true", r"no centred RMSprop.*optim='rmsprop'"),
         ("momentum=0.9", r"ignore momentum.*optim='rmsprop'"),
-        ("alpha=0", r"alpha=0.0 is not supported"),
+        ("alpha=0", r"alpha=0.0 is out of range"),
         ("centered=maybe", r"'centered': 'maybe' is not a valid boolean"),
     ],
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..spec import Distributed, OptimizerSpec, Option
+from ..spec import POSITIVE, Distributed, OptimizerSpec, Option
 
 #: The family modules, each defining ``RECORDS`` (a tuple sorted by name).
 FAMILIES = (
@@ -29,6 +29,7 @@ CLIP_PER_PARAM = Option(
     None,
     "clip each parameter's gradient to this norm inside backward (global-norm clipping cannot be "
     "done layer-wise; set max_grad_norm=0)",
+    **POSITIVE,
 )
 
 

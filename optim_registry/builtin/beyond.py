@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..spec import Distributed, OptimizerSpec, Requirement, opt
+from ..spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, Requirement, opt
+from .checks import positive_lr
 
 _ALL_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 
@@ -46,11 +47,12 @@ RECORDS = (
         requires=(Requirement("came-pytorch", "came_pytorch", "0.1.3", extra="came"),),
         hparams=frozenset({"lr", "betas", "weight_decay"}),
         options=(
-            opt("beta3", "float", 0.9999, "averaging coefficient of the instability (confidence) estimate"),
-            opt("eps1", "float", 1e-30, "regularisation constant added to the squared gradient"),
-            opt("eps2", "float", 1e-16, "regularisation constant added to the instability"),
-            opt("clip_threshold", "float", 1.0, "threshold on the root-mean-square of the update"),
+            opt("beta3", "float", 0.9999, "averaging coefficient of the instability (confidence) estimate", **UNIT),
+            opt("eps1", "float", 1e-30, "regularisation constant added to the squared gradient", **NONNEG),
+            opt("eps2", "float", 1e-16, "regularisation constant added to the instability", **NONNEG),
+            opt("clip_threshold", "float", 1.0, "threshold on the root-mean-square of the update", **POSITIVE),
         ),
+        checks=(positive_lr,),
         builder="optim_registry.families.beyond:came",
         state_bytes=4.1,
         paper="arXiv:2307.02047",
@@ -69,10 +71,11 @@ RECORDS = (
         "sides; the scheduler scales every group from its own initial lr.",
         hparams=_ALL_HP,
         options=(
-            opt("dion_lr", "float", 0.01, "learning rate of the Dion (matrix) groups"),
-            opt("momentum", "float", 0.95, "error-feedback decay mu of the Dion momentum"),
-            opt("rank", "int", None, "rank r of the low-rank step; none uses rank_fraction"),
-            opt("rank_fraction", "float", 1.0, "r = ceil(rank_fraction * min(rows, cols)) when rank is none"),
+            opt("dion_lr", "float", 0.01, "learning rate of the Dion (matrix) groups", **NONNEG),
+            opt("momentum", "float", 0.95, "error-feedback decay mu of the Dion momentum", **UNIT),
+            opt("rank", "int", None, "rank r of the low-rank step; none uses rank_fraction", **AT_LEAST_ONE),
+            opt("rank_fraction", "float", 1.0, "r = ceil(rank_fraction * min(rows, cols)) when rank is none",
+                low=0.0, high=1.0, low_open=True),
             opt("seed", "int", 0, "seed of the initial right factors Q"),
         ),
         builder="optim_registry.families.beyond:dion",
@@ -94,10 +97,10 @@ RECORDS = (
         "sides; the scheduler scales every group from its own initial lr, so both sides follow it.",
         hparams=_ALL_HP,
         options=(
-            opt("muon_lr", "float", 0.02, "learning rate of the Muon (matrix) groups"),
-            opt("momentum", "float", 0.95, "Muon momentum"),
+            opt("muon_lr", "float", 0.02, "learning rate of the Muon (matrix) groups", **NONNEG),
+            opt("momentum", "float", 0.95, "Muon momentum", **UNIT),
             opt("nesterov", "bool", True, "Nesterov-style Muon momentum"),
-            opt("ns_steps", "int", 5, "Newton-Schulz iterations"),
+            opt("ns_steps", "int", 5, "Newton-Schulz iterations", **AT_LEAST_ONE),
             opt("adjust_lr_fn", "str", None, "shape scaling of the Muon lr: none/original = "
                 "sqrt(max(1, rows/cols)), match_rms_adamw = 0.2*sqrt(max(rows, cols))",
                 choices=("original", "match_rms_adamw")),

@@ -8,27 +8,31 @@ and the 8-bit names keep ``nn.Embedding`` state in 32 bits (``embedding_32bit``)
 
 from __future__ import annotations
 
-from ..spec import OptimizerSpec, Requirement, opt
+from ..spec import AT_LEAST_ONE, NONNEG, UNIT, OptimizerSpec, Requirement, opt
+from .checks import ademamix_betas, bnb_rmsprop
 
 _REQUIRES = (Requirement("bitsandbytes", "bitsandbytes", "0.45.0", extra="bnb"),)
 _FAMILY = "bitsandbytes"
 _SHIMS = "optim_registry.families.bitsandbytes"
 
 _MIN_8BIT = opt(
-    "min_8bit_size", "int", 4096, "parameters with fewer elements keep 32-bit state (bitsandbytes' threshold)"
+    "min_8bit_size", "int", 4096, "parameters with fewer elements keep 32-bit state (bitsandbytes' threshold)",
+    **NONNEG,
 )
 _ADEMAMIX_OPTIONS = (
-    opt("beta1", "float", None, "fast EMA coefficient (default: TrainingArguments.adam_beta1)"),
-    opt("beta2", "float", None, "second-moment coefficient (default: TrainingArguments.adam_beta2)"),
-    opt("beta3", "float", 0.9999, "slow EMA coefficient", send=True),
-    opt("alpha", "float", 5.0, "weight of the slow EMA in the update", send=True),
-    opt("t_alpha", "int", None, "warm alpha up over this many steps (none: no warm-up)"),
-    opt("t_beta3", "int", None, "warm beta3 up over this many steps (none: no warm-up)"),
+    opt("beta1", "float", None, "fast EMA coefficient (default: TrainingArguments.adam_beta1)", **UNIT),
+    opt("beta2", "float", None, "second-moment coefficient (default: TrainingArguments.adam_beta2)", **UNIT),
+    opt("beta3", "float", 0.9999, "slow EMA coefficient", send=True, **UNIT),
+    opt("alpha", "float", 5.0, "weight of the slow EMA in the update", send=True, **NONNEG),
+    opt("t_alpha", "int", None, "warm alpha up over this many steps (none: no warm-up)", **AT_LEAST_ONE),
+    opt("t_beta3", "int", None, "warm beta3 up over this many steps (none: no warm-up)", **AT_LEAST_ONE),
 )
 _RMSPROP_OPTIONS = (
-    opt("alpha", "float", 0.99, "smoothing constant of the squared-gradient average (must be > 0)"),
-    opt("eps", "float", 1e-8, "added to the denominator"),
-    opt("momentum", "float", 0.0, "momentum factor; bitsandbytes' kernels have none, so only 0 is accepted"),
+    opt("alpha", "float", 0.99, "smoothing constant of the squared-gradient average", low=0.0, high=1.0,
+        low_open=True, high_open=True),
+    opt("eps", "float", 1e-8, "added to the denominator", **NONNEG),
+    opt("momentum", "float", 0.0, "momentum factor; bitsandbytes' kernels have none, so only 0 is accepted",
+        **UNIT),
     opt("centered", "bool", False, "centred RMSprop; bitsandbytes has none, so only false is accepted"),
 )
 
@@ -69,6 +73,9 @@ def _ademamix(name: str, bits: int, paged: bool) -> OptimizerSpec:
         options=_ADEMAMIX_OPTIONS + ((_MIN_8BIT,) if bits == 8 else ()),
         fixed={"optim_bits": bits, "is_paged": paged},
         builder=f"{_SHIMS}:ademamix",
+        # (beta1, beta2) and beta3 from its option, or all three in betas
+        num_betas=(2, 3),
+        checks=(ademamix_betas,),
         embedding_32bit=bits == 8,
         state_bytes=3.05 if bits == 8 else 12.0,
         paper="arXiv:2409.03137",
@@ -102,6 +109,7 @@ def _rmsprop(name: str, bits: int) -> OptimizerSpec:
         hparams=frozenset({"lr", "weight_decay"}),
         options=_RMSPROP_OPTIONS + ((_MIN_8BIT,) if bits == 8 else ()),
         fixed={"optim_bits": bits},
+        checks=(bnb_rmsprop,),
         builder=f"{_SHIMS}:rmsprop",
         embedding_32bit=bits == 8,
         state_bytes=1.02 if bits == 8 else 4.0,

@@ -7,7 +7,8 @@ switch to it silently: a CPU run is refused unless ``optim_args="quantize=false"
 
 from __future__ import annotations
 
-from ..spec import OptimizerSpec, Requirement, opt
+from ..spec import UNIT, OptimizerSpec, Requirement, opt
+from .checks import nesterov_needs_momentum
 
 _REQ = (Requirement("flashoptim", "flashoptim", "0.1.4", extra="flashoptim"),)
 _BUILDER = "optim_registry.families.flashoptim:build"
@@ -32,8 +33,8 @@ _DECOUPLE_LR = opt(
     "decouple_lr", "bool", False, "scale weight decay by lr / initial_lr instead of lr (fully decoupled)"
 )
 _SGD = (
-    opt("momentum", "float", 0.0, "momentum factor"),
-    opt("dampening", "float", 0.0, "dampening for momentum"),
+    opt("momentum", "float", 0.0, "momentum factor", **UNIT),
+    opt("dampening", "float", 0.0, "dampening for momentum", low=0.0, high=1.0),
     opt("nesterov", "bool", False, "Nesterov momentum (needs momentum > 0 and dampening = 0)"),
 )
 
@@ -83,6 +84,7 @@ RECORDS = (
         requires=_REQ,
         hparams=frozenset({"lr", "weight_decay"}),
         options=(*_FLASH, *_SGD),
+        checks=(nesterov_needs_momentum,),
         builder=_BUILDER,
         supports_layerwise=False,
         paper="arXiv:2602.23349",
@@ -95,6 +97,7 @@ RECORDS = (
         requires=_REQ,
         hparams=frozenset({"lr", "weight_decay"}),
         options=(*_FLASH, *_SGD, _DECOUPLE_LR),
+        checks=(nesterov_needs_momentum,),
         builder=_BUILDER,
         supports_layerwise=False,
         paper="arXiv:2602.23349",

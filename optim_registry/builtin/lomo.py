@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ..spec import Distributed, OptimizerSpec, Requirement, opt
+from ..spec import NONNEG, POSITIVE, Distributed, OptimizerSpec, Requirement, opt
 
 _REQUIRES = (Requirement("lomo-optim", "lomo_optim", "0.1.1", "lomo"),)
 _CLIP_VALUE = opt(
     "clip_grad_value", "float", None,
     "clamp every gradient element to [-v, v] before the update (none: no value clipping)", nullable=True,
+    **POSITIVE,
 )
 _NO_DEEPSPEED = (
     "under DeepSpeed, accelerate runs DeepSpeed's backward and never calls fused_backward, so the weights "
@@ -33,12 +34,13 @@ RECORDS = (
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
             _CLIP_VALUE,
-            opt("clip_threshold", "float", 1.0, "threshold of the root-mean-square of the final update"),
+            opt("clip_threshold", "float", 1.0, "threshold of the root-mean-square of the final update",
+                **POSITIVE),
             opt("decay_rate", "float", -0.8, "exponent of the running average of squared gradients"),
             opt("eps", "floats", (1e-30, 1e-3), "(eps1, eps2): added to squared gradients; floor of the "
-                "parameter scale"),
+                "parameter scale", length=2, **NONNEG),
             opt("loss_scale", "float", 1024.0, "the loss is multiplied by this before backward and the "
-                "gradients divided by it (0 disables)"),
+                "gradients divided by it (0 disables)", **NONNEG),
         ),
         builder="optim_registry.families.lomo:adalomo",
         needs_model=True,

@@ -7,7 +7,20 @@ subclasses in ``optim_registry.families.low_rank`` (exact resume through ``torch
 
 from __future__ import annotations
 
-from ..spec import Distributed, OptimizerSpec, Requirement, opt
+from collections.abc import Mapping
+from typing import Any
+
+from ..spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, Requirement, opt
+from .checks import channel_scale_needs_std
+
+
+def _group_size(values: Mapping[str, Any]) -> str | None:
+    size = values.get("proj_group_size")
+    if values.get("proj_quant") and size is not None and (size == 0 or size < -1):
+        return (f"proj_group_size={size} must be positive, or -1 for one quantization group per row of the "
+                "projection")
+    return None
+
 
 _ALL_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 _GALORE = (Requirement("galore-torch", "galore_torch", "1.0", "galore"),)
@@ -15,19 +28,22 @@ _APOLLO = (Requirement("apollo-torch", "apollo_torch", "1.0", "apollo"),)
 _BNB = Requirement("bitsandbytes", "bitsandbytes", "0.45", "bnb")
 _Q_GALORE = (Requirement("q-galore-torch", "q_galore_torch", "1.0", "qgalore"), _BNB)
 
-_GAP = opt("update_proj_gap", "int", 200, "optimizer steps between refreshes of the projection", send=True)
+_GAP = opt("update_proj_gap", "int", 200, "optimizer steps between refreshes of the projection", send=True,
+           **AT_LEAST_ONE)
 _PROJ_SIDES = ("std", "reverse_std", "right", "left")
 
 _GALORE_TARGET = (
-    opt("rank", "int", 128, "rank of the gradient projection", send=True),
+    opt("rank", "int", 128, "rank of the gradient projection", send=True, **AT_LEAST_ONE),
     _GAP,
-    opt("scale", "float", 0.25, "factor on the update projected back to the weight's shape", send=True),
+    opt("scale", "float", 0.25, "factor on the update projected back to the weight's shape", send=True,
+        **POSITIVE),
     opt("proj_type", "str", "std", "which side is projected: std (the smaller one), reverse_std, right, left, "
         "full (both)", choices=(*_PROJ_SIDES, "full"), send=True),
 )
 _GALORE_KEYS = frozenset(o.name for o in _GALORE_TARGET)
 _CORRECT_BIAS = opt("correct_bias", "bool", True, "Adam bias correction")
-_MIN_8BIT = opt("min_8bit_size", "int", 4096, "tensors (projected) with fewer elements keep 32-bit state")
+_MIN_8BIT = opt("min_8bit_size", "int", 4096, "tensors (projected) with fewer elements keep 32-bit state",
+                **NONNEG)
 
 #: The projections need each weight's 2-D shape; sharded (flattened) parameters break that.
 _LOW_RANK_DISTRIBUTED = Distributed(
@@ -49,9 +65,10 @@ _APOLLO_RECORD = OptimizerSpec(
     requires=_APOLLO,
     hparams=_ALL_HP,
     options=(
-        opt("rank", "int", 256, "rank of the gradient projection", send=True),
+        opt("rank", "int", 256, "rank of the gradient projection", send=True, **AT_LEAST_ONE),
         _GAP,
-        opt("scale", "float", 1.0, "gradient scale factor (its square root multiplies the update)", send=True),
+        opt("scale", "float", 1.0, "gradient scale factor (its square root multiplies the update)", send=True,
+            **POSITIVE),
         opt("proj_type", "str", "std", "which side is projected: std (the smaller one), reverse_std, right, left; "
             "scale_type=channel needs std", choices=_PROJ_SIDES, send=True),
         opt("proj", "str", "random", "projection: random (seeded Gaussian) or svd", choices=("random", "svd"),
@@ -62,6 +79,7 @@ _APOLLO_RECORD = OptimizerSpec(
         opt("disable_nl", "bool", False, "turn off the norm-growth limiter"),
         _CORRECT_BIAS,
     ),
+    checks=(channel_scale_needs_std,),
     builder="optim_registry.families.low_rank:apollo",
     target_modules=True,
     target_options=frozenset({"rank", "update_proj_gap", "scale", "proj_type", "proj", "scale_type"}),
@@ -78,9 +96,9 @@ RECORDS = (
         "per tensor (scale 128), for SGD-like memory. Same options as apollo_adamw, other defaults.",
         options=tuple(
             {
-                "rank": opt("rank", "int", 1, "rank of the gradient projection", send=True),
+                "rank": opt("rank", "int", 1, "rank of the gradient projection", send=True, **AT_LEAST_ONE),
                 "scale": opt("scale", "float", 128.0, "gradient scale factor (its square root multiplies the "
-                             "update)", send=True),
+                             "update)", send=True, **POSITIVE),
                 "scale_type": opt("scale_type", "str", "tensor", "gradient scaling per channel or per tensor",
                                   choices=("channel", "tensor"), send=True),
             }.get(o.name, o)
@@ -97,10 +115,13 @@ RECORDS = (
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
             *_GALORE_TARGET,
-            opt("clip_threshold", "float", 1.0, "threshold of the root-mean-square of the final update"),
+            opt("clip_threshold", "float", 1.0, "threshold of the root-mean-square of the final update",
+                **POSITIVE),
             opt("decay_rate", "float", -0.8, "coefficient for the running average of squared gradients"),
-            opt("beta1", "float", None, "first-moment coefficient; none keeps no first moment", nullable=True),
-            opt("eps", "floats", (1e-30, 1e-3), "regularisation constants for square gradient and scale"),
+            opt("beta1", "float", None, "first-moment coefficient; none keeps no first moment", nullable=True,
+                **UNIT),
+            opt("eps", "floats", (1e-30, 1e-3), "regularisation constants for square gradient and scale",
+                length=2, **NONNEG),
         ),
         # The library defaults (relative_step=True) refuse a manual lr; transformers forgot this layer-wise.
         fixed={"scale_parameter": False, "relative_step": False},
@@ -155,9 +176,10 @@ RECORDS = (
         requires=_Q_GALORE,
         hparams=_ALL_HP,
         options=(
-            opt("rank", "int", 256, "rank of the gradient projection", send=True),
+            opt("rank", "int", 256, "rank of the gradient projection", send=True, **AT_LEAST_ONE),
             _GAP,
-            opt("scale", "float", 0.25, "factor on the update projected back to the weight's shape", send=True),
+            opt("scale", "float", 0.25, "factor on the update projected back to the weight's shape", send=True,
+                **POSITIVE),
             opt("proj_type", "str", "std", "projection side; Q-GaLore implements std only", choices=("std",),
                 send=True),
             opt("proj_quant", "bool", True, "quantise the projection matrices", send=True),
@@ -165,11 +187,12 @@ RECORDS = (
             opt("proj_group_size", "int", 256, "quantisation group size; must divide the last dimension of every "
                 "projection matrix (-1: one group per row)", send=True),
             opt("cos_threshold", "float", 0.4, "mean cosine similarity of successive projections above which the "
-                "refresh gap grows", send=True),
-            opt("gamma_proj", "int", 2, "factor the refresh gap grows by", send=True),
-            opt("queue_size", "int", 5, "successive projections compared", send=True),
+                "refresh gap grows", send=True, low=-1.0, high=1.0),
+            opt("gamma_proj", "int", 2, "factor the refresh gap grows by", send=True, **AT_LEAST_ONE),
+            opt("queue_size", "int", 5, "successive projections compared", send=True, **AT_LEAST_ONE),
             _MIN_8BIT,
         ),
+        checks=(_group_size,),
         builder="optim_registry.families.low_rank:q_galore",
         target_modules=True,
         target_options=frozenset({

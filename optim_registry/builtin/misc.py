@@ -7,7 +7,7 @@ is installed; elsewhere the missing-package error says what to install.
 
 from __future__ import annotations
 
-from ..spec import OptimizerSpec, Requirement, opt
+from ..spec import NONNEG, OptimizerSpec, Requirement, opt
 
 _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 #: _UNTESTED: the three accelerator / unpublished-package names get no ``_layerwise`` twin: their packages
@@ -79,12 +79,14 @@ RECORDS = (
         requires=(Requirement("grokadamw", "grokadamw", "0.1.2", extra="grokadamw"),),
         hparams=_ADAM_HP,
         options=(
-            opt("alpha_init", "float", 0.98, "initial decay of the gradient EMA", send=True),
-            opt("lamb", "float", 2.0, "amplification of the gradient EMA", send=True),
-            opt("gamma", "float", 0.1, "per-layer decay of beta1 (beta1 * (1 - gamma) ** layer index)", send=True),
-            opt("grokking_signal_decay_rate", "float", 0.1, "how fast the grokking signal lowers alpha", send=True),
+            opt("alpha_init", "float", 0.98, "initial decay of the gradient EMA", send=True, low=0.0, high=1.0),
+            opt("lamb", "float", 2.0, "amplification of the gradient EMA", send=True, **NONNEG),
+            opt("gamma", "float", 0.1, "per-layer decay of beta1 (beta1 * (1 - gamma) ** layer index)", send=True,
+                low=0.0, high=1.0),
+            opt("grokking_signal_decay_rate", "float", 0.1, "how fast the grokking signal lowers alpha", send=True,
+                **NONNEG),
             opt("gradient_clipping", "float", 1.0, "per-parameter gradient norm clip inside the step (0: off)",
-                send=True),
+                send=True, **NONNEG),
         ),
         # gamma decays beta1 by a parameter's position in its group: one optimizer per parameter would put
         # every parameter at position 0 and silently change the algorithm.

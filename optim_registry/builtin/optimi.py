@@ -7,7 +7,7 @@ kernels by itself; the builder (``families/optimi.py``) passes the TrainingArgum
 
 from __future__ import annotations
 
-from ..spec import OptimizerSpec, Requirement, opt
+from ..spec import AT_LEAST_ONE, POSITIVE, UNIT, OptimizerSpec, Requirement, opt
 
 _REQ = (Requirement("torch-optimi", "optimi", "0.3.0", extra="optimi"),)
 _BUILDER = "optim_registry.families.optimi:build"
@@ -25,6 +25,7 @@ _DECOUPLE_LR = opt(
 _MAX_LR = opt(
     "max_lr", "float", None,
     "peak scheduled learning rate used by decouple_lr (default: the initial learning rate)",
+    **POSITIVE,
 )
 _TRITON = opt(
     "triton", "bool", None,
@@ -87,7 +88,7 @@ RECORDS = (
         hparams=frozenset({"lr", "eps", "weight_decay"}),
         options=(
             opt("betas", "floats", (0.98, 0.92, 0.99), "(beta1, beta2, beta3): gradient, gradient "
-                "difference and squared-term averaging"),
+                "difference and squared-term averaging", length=3, **UNIT),
             opt("adam_wd", "bool", False, "AdamW-style weight decay instead of Adan's proximal decay"),
             _DECOUPLE_LR,
             opt("kahan_sum", "bool", False, "Kahan-compensated parameter updates (bf16/fp16 weights)"),
@@ -137,8 +138,8 @@ RECORDS = (
         requires=_REQ,
         hparams=_ADAM_HP,
         options=(
-            opt("k", "int", 6, "Lookahead synchronisation period"),
-            opt("alpha", "float", 0.5, "Lookahead slow-weight step"),
+            opt("k", "int", 6, "Lookahead synchronisation period", **AT_LEAST_ONE),
+            opt("alpha", "float", 0.5, "Lookahead slow-weight step", low=0.0, high=1.0, low_open=True),
             opt("decouple_wd", "bool", True, "decoupled weight decay (false: L2 added to the gradient)"),
             *_COMMON,
         ),
@@ -156,7 +157,7 @@ RECORDS = (
         requires=_REQ,
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
-            opt("momentum", "float", 0.0, "momentum factor"),
+            opt("momentum", "float", 0.0, "momentum factor", **UNIT),
             opt("dampening", "bool", False, "dampen the momentum update by (1 - momentum)"),
             _DECOUPLE_WD,
             opt("torch_init", "bool", False, "initialise the momentum buffer with the first gradient, as "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import Distributed, OptimizerSpec, Option, Requirement
+from ..spec import Distributed, OptimizerSpec, Option, Requirement, with_guessed_range
 
 PREFIX = "po_"
 FAMILY = "pytorch_optimizer"
@@ -80,7 +80,10 @@ def _options(entry: dict[str, Any], key: str = "options") -> tuple[Option, ...]:
             help_text = f"{help_text} (default: the run's total optimizer steps)".strip()
         if key == "group_options":
             help_text = f"{help_text} (set on the optim_target_modules weights)"
-        out.append(Option(name, kind, default, help_text, choices=choices, nullable=nullable, send=send))
+        # rates, eps, weight decay, betas and momentum by name cannot be negative; tuples keep their length
+        out.append(with_guessed_range(
+            Option(name, kind, default, help_text, choices=choices, nullable=nullable, send=send)
+        ))
     return tuple(out)
 
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from ..spec import OptimizerSpec, Requirement, opt
+from ..spec import NONNEG, OptimizerSpec, Requirement, opt
 
 _REQUIRES = (Requirement("schedulefree", "schedulefree", "1.4", "schedulefree"),)
 _BUILDER = "optim_registry.families.schedulefree:schedule_free"
 _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 _AVERAGING = (
-    opt("r", "float", 0.0, "polynomial weighting of the average: iterate k weighs k**r"),
+    opt("r", "float", 0.0, "polynomial weighting of the average: iterate k weighs k**r", **NONNEG),
     opt("weight_lr_power", "float", 2.0, "iterates are weighted by max_lr_so_far**weight_lr_power (0: no "
-        "weighting)"),
+        "weighting)", **NONNEG),
     opt("foreach", "bool", None, "use the foreach (multi-tensor) implementation; none lets the library choose"),
 )
 _RESUME = "state_dict (z, moments, k, weight_sum, train_mode); the checkpoint is saved in eval mode; exact"
@@ -60,7 +60,8 @@ RECORDS = (
         requires=_REQUIRES,
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
-            opt("momentum", "float", 0.9, "interpolation between the averaged and the base sequence, in (0, 1)"),
+            opt("momentum", "float", 0.9, "interpolation between the averaged and the base sequence, in (0, 1)",
+                low=0.0, high=1.0, low_open=True, high_open=True),
             *_AVERAGING,
         ),
         builder=_BUILDER,

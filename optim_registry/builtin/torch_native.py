@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..spec import OptimizerSpec, opt
+from ..spec import NONNEG, POSITIVE, UNIT, OptimizerSpec, opt
+from .checks import nesterov_needs_momentum, one_implementation, warmup_needs_relative_step
 
 _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 _COMMON = (
@@ -25,11 +26,13 @@ RECORDS = (
             opt("scale_parameter", "bool", False, "scale the step by the parameter's RMS", send=True),
             opt("relative_step", "bool", False, "time-dependent step size instead of the learning rate", send=True),
             opt("warmup_init", "bool", False, "warm the relative step up from 1e-6 (needs relative_step)"),
-            opt("clip_threshold", "float", 1.0, "threshold of the root-mean-square of the final update"),
+            opt("clip_threshold", "float", 1.0, "threshold of the root-mean-square of the final update", **POSITIVE),
             opt("decay_rate", "float", -0.8, "coefficient for the running average of squared gradients"),
-            opt("beta1", "float", None, "first-moment coefficient; none keeps no first moment"),
-            opt("eps", "floats", (1e-30, 1e-3), "regularisation constants for square gradient and scale"),
+            opt("beta1", "float", None, "first-moment coefficient; none keeps no first moment", **UNIT),
+            opt("eps", "floats", (1e-30, 1e-3), "regularisation constants for square gradient and scale",
+                length=2, **NONNEG),
         ),
+        checks=(warmup_needs_relative_step,),
         builder="optim_registry.builders:adafactor",
         state_bytes=0.03,
         paper="arXiv:1804.04235",
@@ -41,9 +44,9 @@ RECORDS = (
         description="PyTorch's Adafactor (torch.optim.Adafactor): factored second moments.",
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
-            opt("beta2_decay", "float", -0.8, "decay rate of the second moment"),
+            opt("beta2_decay", "float", -0.8, "decay rate of the second moment", high=0.0),
             opt("eps", "any", None, "(eps1, eps2); eps1 none means the dtype's eps"),
-            opt("d", "float", 1.0, "clipping threshold of the update"),
+            opt("d", "float", 1.0, "clipping threshold of the update", low=1.0),
             opt("maximize", "bool", False, "maximise the objective"),
             opt("foreach", "bool", None, "use the foreach implementation"),
         ),
@@ -57,12 +60,13 @@ RECORDS = (
         description="Adagrad: per-coordinate step sizes from the sum of squared gradients.",
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
-            opt("lr_decay", "float", 0.0, "learning-rate decay"),
-            opt("initial_accumulator_value", "float", 0.0, "starting value of the sum of squares"),
-            opt("eps", "float", 1e-10, "added to the denominator"),
+            opt("lr_decay", "float", 0.0, "learning-rate decay", **NONNEG),
+            opt("initial_accumulator_value", "float", 0.0, "starting value of the sum of squares", **NONNEG),
+            opt("eps", "float", 1e-10, "added to the denominator", **NONNEG),
             *_COMMON,
             _FUSED,
         ),
+        checks=(one_implementation,),
         state_bytes=4.0,
         paper="JMLR 12 (2011) Duchi et al.",
     ),
@@ -73,6 +77,7 @@ RECORDS = (
         description="Adam (torch.optim.Adam), L2 weight decay unless decoupled_weight_decay=true.",
         hparams=_ADAM_HP,
         options=(_AMSGRAD, _DECOUPLED, *_COMMON, _FUSED),
+        checks=(one_implementation,),
         state_bytes=8.0,
         paper="arXiv:1412.6980",
     ),
@@ -93,6 +98,7 @@ RECORDS = (
         description="AdamW (torch.optim.AdamW): Adam with decoupled weight decay. The default.",
         hparams=_ADAM_HP,
         options=(_AMSGRAD, *_COMMON, _FUSED),
+        checks=(one_implementation,),
         state_bytes=8.0,
         paper="arXiv:1711.05101",
     ),
@@ -113,7 +119,7 @@ RECORDS = (
         family="torch",
         description="NAdam: Adam with Nesterov momentum.",
         hparams=_ADAM_HP,
-        options=(opt("momentum_decay", "float", 0.004, "momentum decay psi"), _DECOUPLED, *_COMMON),
+        options=(opt("momentum_decay", "float", 0.004, "momentum decay psi", **NONNEG), _DECOUPLED, *_COMMON),
         state_bytes=8.0,
         paper="ICLR 2016 workshop, Dozat",
     ),
@@ -134,9 +140,9 @@ RECORDS = (
         description="RMSprop (torch.optim.RMSprop).",
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
-            opt("alpha", "float", 0.99, "smoothing constant"),
-            opt("eps", "float", 1e-8, "added to the denominator"),
-            opt("momentum", "float", 0.0, "momentum factor"),
+            opt("alpha", "float", 0.99, "smoothing constant", **NONNEG),
+            opt("eps", "float", 1e-8, "added to the denominator", **NONNEG),
+            opt("momentum", "float", 0.0, "momentum factor", **UNIT),
             opt("centered", "bool", False, "normalise by an estimate of the gradient's variance"),
             opt("capturable", "bool", False, "CUDA-graph capturable"),
             *_COMMON,
@@ -151,12 +157,13 @@ RECORDS = (
         description="Stochastic gradient descent, with optional (Nesterov) momentum.",
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
-            opt("momentum", "float", 0.0, "momentum factor"),
-            opt("dampening", "float", 0.0, "dampening for momentum"),
-            opt("nesterov", "bool", False, "Nesterov momentum"),
+            opt("momentum", "float", 0.0, "momentum factor", **UNIT),
+            opt("dampening", "float", 0.0, "dampening for momentum", low=0.0, high=1.0),
+            opt("nesterov", "bool", False, "Nesterov momentum (needs momentum > 0 and dampening = 0)"),
             *_COMMON,
             _FUSED,
         ),
+        checks=(one_implementation, nesterov_needs_momentum),
         state_bytes=0.0,
     ),
 )

@@ -7,7 +7,7 @@ parameter shape is compiled (tens of seconds on a small CPU; a C compiler is nee
 
 from __future__ import annotations
 
-from ..spec import OptimizerSpec, Requirement, opt
+from ..spec import AT_LEAST_ONE, OptimizerSpec, Requirement, opt
 
 _REQUIRES = (Requirement("torchao", "torchao", "0.11.0", extra="torchao"),)
 _FAMILY = "torchao"
@@ -21,6 +21,7 @@ _OPTIONS = (
         "elements per quantisation block; a parameter is quantised only if it has >= 4096 elements and its "
         "size is a multiple of this (transformers' default 256 is sent; torchao's own 4-bit default is 128)",
         send=True,
+        **AT_LEAST_ONE,
     ),
     opt(
         "bf16_stochastic_round",
