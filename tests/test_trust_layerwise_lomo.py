@@ -175,3 +175,44 @@ def test_compare_refuses_an_output_location_that_is_a_file_before_training(tmp_p
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(out) in lines[0], captured.err
     assert "Traceback" not in captured.err and "sgd" not in captured.out  # nothing trained
     assert existing.read_text() == "keep me"
+
+
+# -- LOMO / AdaLomo hooks ---------------------------------------------------------------------------------
+def _tensor_hooks(model):
+    return sum(len(p._backward_hooks or {}) for p in model.parameters())
+
+
+def _bare_backward_moves(model):
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = _batches(1)[0]
+    model(**batch).loss.backward()
+    moved = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
+    model.zero_grad(set_to_none=True)
+    return moved
+
+
+@pytest.mark.parametrize("name", ["lomo", "adalomo"])
+def test_lomo_hooks_live_only_inside_their_own_backward(tmp_path, name):
+    """Before: 84 hooks after two Trainers on one model; a bare backward, or a second Trainer at
+    learning_rate=0, moved 20 parameters."""
+    model = tiny_model()
+    first = run(name, str(tmp_path / "a"), None, model=model, max_steps=1, max_grad_norm=1.0)
+    assert _tensor_hooks(model) == 0 and first.optimizer.optimizer.hook_count() == 0
+    assert _bare_backward_moves(model) == []
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    second = run(name, str(tmp_path / "b"), None, model=model, max_steps=1, max_grad_norm=1.0, learning_rate=0.0,
+                 weight_decay=0.0)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters()), "lr=0 run moved weights"
+    assert _tensor_hooks(model) == 0
+    assert _bare_backward_moves(model) == []
+
+    # ... and each still trains: a third run on the same model moves every trainable parameter, exactly as a
+    # run on a fresh copy of the same weights does.
+    fresh = tiny_model()
+    fresh.load_state_dict(model.state_dict())
+    third = run(name, str(tmp_path / "c"), None, model=model, max_steps=1, max_grad_norm=1.0)
+    alone = run(name, str(tmp_path / "d"), None, model=fresh, max_steps=1, max_grad_norm=1.0)
+    assert max_param_diff(third.model, alone.model) == 0.0
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    del first, second, third
