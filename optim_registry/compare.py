@@ -433,6 +433,8 @@ def compare(
     """Train each name, print the table and write ``results.md``, ``results.json``, ``loss_curves.png``."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    # Before any training: a bad --out found after minutes of training would lose every result.
+    check_output_dir(Path(out))
     import torch
     import transformers
     from tqdm.auto import tqdm
@@ -649,9 +651,28 @@ def plot_losses(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
+OUTPUT_FILES = ("results.md", "results.json", "loss_curves.png")
+
+
+def check_output_dir(out: Path) -> None:
+    """Makes ``out`` (a folder) ready for the outputs, or raises one ``ValueError`` saying what is wrong."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is an existing file, not a folder: pass a folder path (it is created)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {str(out)!r}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(out)!r}: the folder is not writable; pass another folder")
+    for name in OUTPUT_FILES:
+        target = out / name
+        if target.exists() and not target.is_file():
+            raise ValueError(f"--out {str(out)!r}: {name} exists there and is not a file; remove it or pass another folder")
+
+
 def write_outputs(report: Report, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    md, js, png = out / "results.md", out / "results.json", out / "loss_curves.png"
+    md, js, png = (out / name for name in OUTPUT_FILES)
     md.write_text(render_markdown(report), encoding="utf-8")
     payload = {
         "settings": report.settings,

@@ -208,8 +208,9 @@ def notes(spec: OptimizerSpec) -> list[str]:
     if spec.layerwise:
         base = f" `{spec.base}`" if spec.base else ""
         out.append(
-            f"layer-wise form of{base}: each parameter is stepped inside backward; set `max_grad_norm=0` "
-            "(or `optim_args='clip_per_param=1.0'`); single process only"
+            f"layer-wise form of{base}: each parameter is stepped inside backward; global-norm clipping only "
+            "with `optim_args='clip=global'` (one extra backward pass), else `max_grad_norm=0` or "
+            "`clip_per_param`; single process only"
         )
     if spec.needs_gpu:
         out.append(f"needs a CUDA GPU: {spec.needs_gpu}")
@@ -233,7 +234,7 @@ def snippet(spec: OptimizerSpec, *, indent: str = "    ") -> str:
     if spec.target_modules:
         lines.append(f"{indent}optim_target_modules={list(DEFAULT_TARGET_MODULES)!r},".replace("'", '"'))
     if spec.layerwise:
-        lines.append(f"{indent}max_grad_norm=0.0,  # layer-wise: no global-norm clipping")
+        lines.append(f"{indent}max_grad_norm=0.0,  # layer-wise: no clipping (or optim_args='clip=global')")
     if spec.protocol == "fused_backward":
         lines.append(f"{indent}gradient_accumulation_steps=1,  # updates happen inside backward")
     lines.append(")")
@@ -320,8 +321,10 @@ def render_family(family: str, specs: list[OptimizerSpec], all_names: set[str]) 
     if twins:
         lines += ["## Layer-wise twins", "",
                   "Each steps the same optimizer parameter by parameter inside backward "
-                  "([layerwise.md](../layerwise.md)): set `max_grad_norm=0` (clip per parameter with "
-                  "`optim_args='clip_per_param=1.0'`); single process only.", ""]
+                  "([layerwise.md](../layerwise.md)). Global-norm clipping needs `optim_args='clip=global'` "
+                  "(exact, one extra backward pass per step); without it `max_grad_norm` must be 0 or "
+                  "transformers' default (then not applied, with a warning); `clip_per_param` clips each "
+                  "parameter on its own. Single process only.", ""]
         rows = []
         for t in twins:
             base_keys = {o.name for o in specs_by_name(specs)[t.base].options} if t.base in specs_by_name(specs) else set()

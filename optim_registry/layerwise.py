@@ -7,6 +7,10 @@ model never exist at once. Unlike the transformers 5.x layer-wise path it is an 
 ``state_dict`` has the torch layout (loadable with ``torch.load(weights_only=True)``), gradient
 accumulation is supported through ``should_step``, the gradient norm is reported in
 ``last_grad_norm`` and the hooks live exactly as long as the optimizer.
+
+Exact global-norm clipping (``max_grad_norm=``) needs the norm before the first parameter steps, so
+``backward(loss)`` runs backward twice, as LOMO's ``grad_norm`` does: the first pass only measures (and frees
+each gradient), the second steps with the clip coefficient.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ def _always_true() -> bool:
 
 def _hyperparams(group: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in group.items() if k not in _NOT_HYPERPARAMS}
+
+
+def _plain_backward(loss: torch.Tensor, **kwargs: Any) -> None:
+    loss.backward(**kwargs)
 
 
 def _remove_handles(handles: list[RemovableHandle]) -> None:
@@ -92,7 +100,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         inner_factory: called once per trainable parameter with ``[{**group_hyperparams, "params": [p]}]``;
             must return an optimizer owning exactly that one parameter.
         clip_per_param: if set, each parameter's gradient is clipped to this L2 norm before its step.
-            Global clipping is impossible here: it needs every gradient at once.
+        max_grad_norm: if set, exact global-norm clipping as ``torch.nn.utils.clip_grad_norm_``. Call
+            ``optimizer.backward(loss)`` instead of ``loss.backward()``: it runs a measuring pass, then the
+            stepping pass. A plain ``loss.backward()`` still clips exactly, but then the hooks hold every
+            gradient until ``step()`` (the memory layer-wise stepping saves is spent).
 
     Attributes:
         should_step: a bool or a zero-argument callable; while it is false the hooks leave gradients to
@@ -107,13 +118,22 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         inner_factory: InnerFactory,
         *,
         clip_per_param: float | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
         if clip_per_param is not None and not clip_per_param > 0:
             raise ValueError(f"clip_per_param must be a positive norm, got {clip_per_param}")
+        if max_grad_norm is not None and not (0 < max_grad_norm < float("inf")):
+            raise ValueError(f"max_grad_norm must be a positive finite norm, got {max_grad_norm}")
+        if max_grad_norm is not None and clip_per_param is not None:
+            raise ValueError("choose one of max_grad_norm (global-norm clipping) and clip_per_param, not both")
         # Set before torch's __init__, which calls add_param_group for the constructor's groups.
         self._initialised = False
         self._inner_factory = inner_factory
         self._clip_per_param = clip_per_param
+        self._max_grad_norm = max_grad_norm
+        # Global clipping: None outside backward(), else "measure" (first pass) or "apply" (second pass).
+        self._phase: str | None = None
+        self._clip_coef: torch.Tensor | None = None
         self._inner: dict[torch.Tensor, torch.optim.Optimizer] = {}
         self._group_index: dict[torch.Tensor, int] = {}
         # Per parameter: the outer-group values its inner optimizer last received. Only keys whose outer
@@ -125,7 +145,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._representative: dict[int, torch.Tensor] = {}
         self._handles: list[RemovableHandle] = []
         self._hooks_active = True
-        self._sq_norms: list[torch.Tensor] = []
+        # Per-parameter gradient norms of the step in progress (before clipping).
+        self._norms: list[torch.Tensor] = []
         self.should_step: Callable[[], bool] | bool = _always_true
         self.last_grad_norm: torch.Tensor | None = None
 
@@ -230,8 +251,72 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if not self._stepping_enabled():
             return
         inner = self._inner.get(param)
-        if inner is not None and param.grad is not None:
+        if inner is None or param.grad is None:
+            return
+        if self._max_grad_norm is None or self._phase == "apply":
             self._step_param(param, inner)
+        elif self._phase == "measure":
+            # Only the norm is needed from this pass; the second pass recomputes the gradient.
+            self._norms.append(self._grad_norm_of(param.grad))
+            param.grad = None
+        # Global clipping outside backward(): the gradient is held, and step() clips and steps it.
+
+    @property
+    def clips_globally(self) -> bool:
+        """Whether this optimizer clips to a global gradient norm (``max_grad_norm=`` was given)."""
+        return self._max_grad_norm is not None
+
+    def backward(self, loss: torch.Tensor, backward_fn: Callable[..., Any] | None = None, **kwargs: Any) -> None:
+        """``loss.backward()`` that also clips to ``max_grad_norm`` exactly when that is set.
+
+        With global clipping the norm must be known before the first parameter steps, so this runs
+        backward twice: a measuring pass (``retain_graph=True``; each gradient is freed once measured),
+        then the stepping pass with torch's clip coefficient ``min(1, max_norm / (norm + 1e-6))``. When
+        gradients from earlier micro-batches are held (gradient accumulation), the accumulated gradient is
+        what gets clipped: one pass adds this micro-batch, then every parameter is clipped and stepped.
+        ``backward_fn(loss, **kwargs)`` replaces ``loss.backward(**kwargs)`` (accelerate's ``backward``).
+        """
+        run = backward_fn if backward_fn is not None else _plain_backward
+        if self._max_grad_norm is None or not self._stepping_enabled():
+            run(loss, **kwargs)
+            return
+        if any(p.grad is not None for p in self._inner):
+            run(loss, **kwargs)
+            self._step_held()
+            return
+        self._norms = []
+        self._phase = "measure"
+        try:
+            run(loss, **{**kwargs, "retain_graph": True})
+            self._clip_coef = self._coefficient(self._pending_grad_norm())
+            self._phase = "apply"
+            run(loss, **kwargs)
+        finally:
+            self._phase = None
+            self._clip_coef = None
+
+    def _coefficient(self, total_norm: torch.Tensor) -> torch.Tensor:
+        # torch.nn.utils.clip_grads_with_norm_'s formula, so a layer-wise run ends where a whole-model one does.
+        max_norm = float(self._max_grad_norm or 0.0)  # only called when global clipping is on
+        return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+
+    def _step_held(self) -> None:
+        """Global clipping over the gradients the parameters hold now, then a step of each."""
+        held = [(p, inner) for p, inner in self._inner.items() if p.grad is not None]
+        if not held:
+            return
+        self._norms.extend(self._grad_norm_of(p.grad) for p, _ in held)  # type: ignore[arg-type]
+        self._clip_coef = self._coefficient(self._pending_grad_norm())
+        try:
+            for p, inner in held:
+                self._step_param(p, inner)
+        finally:
+            self._clip_coef = None
+
+    @staticmethod
+    def _grad_norm_of(grad: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.linalg.vector_norm(grad, dtype=torch.promote_types(grad.dtype, torch.float32))
 
     def _sync_hyperparams(self, param: torch.Tensor, inner: torch.optim.Optimizer) -> None:
         group = self.param_groups[self._group_index[param]]
@@ -248,10 +333,15 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         if grad is None:
             return
         with torch.no_grad():
-            norm = torch.linalg.vector_norm(grad, dtype=torch.promote_types(grad.dtype, torch.float32))
-            self._sq_norms.append(norm.square())
-            if self._clip_per_param is not None:
-                torch.nn.utils.clip_grads_with_norm_([param], self._clip_per_param, norm)
+            coef = self._clip_coef
+            if coef is not None:
+                # Global clipping: the norm was recorded when it was measured.
+                grad.mul_(coef.to(grad.device))
+            else:
+                norm = self._grad_norm_of(grad)
+                self._norms.append(norm)
+                if self._clip_per_param is not None:
+                    torch.nn.utils.clip_grads_with_norm_([param], self._clip_per_param, norm)
         inner.step()
         param.grad = None
         self._representative[self._group_index[param]] = param
@@ -295,21 +385,25 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if self._stepping_enabled():
-            for p, inner in self._inner.items():
-                if p.grad is not None:
-                    self._step_param(p, inner)
+            if self._max_grad_norm is not None:
+                self._step_held()
+            else:
+                for p, inner in self._inner.items():
+                    if p.grad is not None:
+                        self._step_param(p, inner)
 
         self.last_grad_norm = self._pending_grad_norm()
-        self._sq_norms = []
+        self._norms = []
         self._pull_inner_values()
         return loss
 
     def _pending_grad_norm(self) -> torch.Tensor:
-        sq_norms = self._sq_norms
-        if not sq_norms:
+        norms = self._norms
+        if not norms:
             return torch.zeros((), device=self._any_device())
-        device = sq_norms[0].device
-        return torch.stack([n.to(device) for n in sq_norms]).sum().sqrt()
+        device = norms[0].device
+        # As torch.nn.utils.get_total_norm combines per-tensor norms.
+        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
 
     def grad_norm(self) -> torch.Tensor:
         """Norm of the gradients of the current step, usable between backward and ``step()``.
@@ -317,7 +411,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         The HF Trainer reads the gradient norm before calling ``step()``; once ``step()`` has run (and until
         the next hook fires) this is ``last_grad_norm``.
         """
-        if self._sq_norms or self.last_grad_norm is None:
+        if self._norms or self.last_grad_norm is None:
             return self._pending_grad_norm()
         return self.last_grad_norm
 

@@ -44,7 +44,7 @@ def validate_training_args(args: Any) -> None:
         raise ValueError(f"optim={name!r} cannot train through the Trainer: {spec.unsupported}")
     if spec.builder is not None and spec.source != "builtin":
         build.load_builder(spec)  # a plugin's "builder" that cannot be one is refused by name, now
-    build.check_values(spec, args)
+    given, _ = build.check_values(spec, args)
     _check_target_modules(spec, getattr(args, "optim_target_modules", None))
     check_scheduler_args(args)
     ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
@@ -71,12 +71,12 @@ def validate_training_args(args: Any) -> None:
             f"optim={name!r} steps each parameter inside backward, before fp16 loss scaling can unscale or "
             "check the gradients. Use bf16=True, or the whole-model name " + repr(spec.base) + "."
         )
-    if spec.layerwise and float(getattr(args, "max_grad_norm", 0) or 0) > 0:
-        raise ValueError(
-            f"optim={name!r} steps each parameter inside backward, so global-norm clipping "
-            f"(max_grad_norm={args.max_grad_norm}) cannot be applied. Set max_grad_norm=0, and optionally "
-            "clip each parameter with optim_args='clip_per_param=1.0'."
-        )
+    if spec.layerwise:
+        from .layerwise_build import check_layerwise_clipping
+
+        # transformers' default max_grad_norm passes (warned about when the optimizer is built); another
+        # value needs a clipping option.
+        check_layerwise_clipping(spec, args, given)
     check_distributed(spec, args)
 
 
@@ -285,10 +285,44 @@ class OptimRegistryMixin(CheckpointMixin):
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         self._registry_in_step = True
+        routed = self._route_backward()
         try:
             return super().training_step(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._registry_in_step = False
+            if routed:
+                # Drop the instance attribute: the accelerator's own method shows through again.
+                vars(self.accelerator).pop("backward", None)
+
+    def _route_backward(self) -> bool:
+        """Sends this step's backward through a globally clipping layer-wise optimizer, if there is one.
+
+        Exact global clipping needs two backward passes (measure, then step), and the only seam between
+        the stock training step's loss and its backward is ``accelerator.backward``; it is wrapped for the
+        duration of this one training step.
+        """
+        from .layerwise import LayerwiseOptimizer
+
+        inner = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
+        if not (isinstance(inner, LayerwiseOptimizer) and inner.clips_globally):
+            return False
+        accelerator_backward = self.accelerator.backward
+
+        def backward(loss: Any, **kwargs: Any) -> None:
+            inner.backward(loss, accelerator_backward, **kwargs)
+
+        self.accelerator.backward = backward
+        return True
+
+    def _clip_grad_norm(self, model: Any) -> Any:
+        from .layerwise import LayerwiseOptimizer
+
+        inner = unwrap_optimizer(self.optimizer)
+        # Layer-wise gradients are gone by now (stepped in backward, clipped there if asked): report the
+        # norm instead of clipping what is left.
+        if isinstance(inner, LayerwiseOptimizer):
+            return inner.grad_norm()
+        return super()._clip_grad_norm(model)  # type: ignore[misc]
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         from .layerwise import LayerwiseOptimizer

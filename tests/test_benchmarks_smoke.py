@@ -29,6 +29,7 @@ EXPECTED = {
     "import_cost": ({"case", "seconds", "modules_new", "heavy_new", "process_s"}, {"comparisons"}),
     "throughput": ({"implementation", "seconds", "gb_per_s", "fraction_of_copy"}, {"registry_default"}),
     "layerwise_memory": ({"run", "optim", "peak_rss_mib", "train_increment_mib"}, {"summary"}),
+    "layerwise_clip": ({"model", "run", "optim", "step_ms", "ratio_to_layerwise", "ratio_to_whole"}, set()),
 }
 
 
@@ -59,8 +60,17 @@ def _check_import_cost(data):
     assert light["heavy_new"] == ""  # importing the package pulls in neither torch nor any optimizer library
 
 
+def _check_layerwise_clip(data):
+    runs = {r["run"]: r for r in data["rows"]}
+    assert set(runs) == {"whole", "layerwise", "clip=global"}
+    assert runs["layerwise"]["ratio_to_layerwise"] == 1.0 and runs["whole"]["ratio_to_whole"] == 1.0
+    # clipped runs (whole, clip=global) train the same thing; the unclipped layer-wise one need not
+    assert runs["clip=global"]["training_loss"] == pytest.approx(runs["whole"]["training_loss"], rel=1e-5)
+
+
 #: Facts (not timings) a quick run must get right.
-CHECKS = {"throughput": _check_throughput, "state_memory": _check_state_memory, "import_cost": _check_import_cost}
+CHECKS = {"throughput": _check_throughput, "state_memory": _check_state_memory, "import_cost": _check_import_cost,
+          "layerwise_clip": _check_layerwise_clip}
 
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))

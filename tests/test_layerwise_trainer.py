@@ -62,8 +62,8 @@ def test_layerwise_logs_a_real_grad_norm(tmp_path):
 
 
 def test_per_parameter_clipping_is_offered_and_global_clipping_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"global-norm clipping \(max_grad_norm=1.0\) cannot be applied.*clip_per_param"):
-        TrainingArguments(str(tmp_path), optim="adamw_torch_layerwise", max_grad_norm=1.0, report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match=r"global-norm clipping \(max_grad_norm=2.0\) cannot be applied.*clip_per_param"):
+        TrainingArguments(str(tmp_path), optim="adamw_torch_layerwise", max_grad_norm=2.0, report_to=[], use_cpu=True)
     a = run("sgd_layerwise", str(tmp_path / "c1"), "clip_per_param=1e-3", max_steps=1, max_grad_norm=0.0,
             learning_rate=1.0, weight_decay=0.0, model=tiny_model())
     b = run("sgd_layerwise", str(tmp_path / "c2"), None, max_steps=1, max_grad_norm=0.0, learning_rate=1.0,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
@@ -15,33 +16,51 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "examples" / "plugin"
 
 
-def _pip(env_python: Path, *args: str) -> None:
-    subprocess.run(
-        [str(env_python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", *args],
-        check=True, capture_output=True, text=True,
+def _pip_install_into(target: Path, source: Path) -> None:
+    """pip-install ``source`` (a project folder) into ``target``, a folder of its own, with this interpreter.
+
+    No nested virtual environment: a venv made from inside a venv or a conda env sees the *base*
+    interpreter's packages, not the running environment's torch and transformers. A ``--target`` folder on
+    ``PYTHONPATH`` of a ``sys.executable`` subprocess sees both, in a venv, a conda env and the system Python.
+    """
+    try:
+        import setuptools  # noqa: F401  (the plugins' build backend, built without isolation: no network)
+    except ImportError:  # pragma: no cover - the dev extra installs it
+        pytest.fail("the plugin tests build plugins with setuptools: pip install -e '.[dev]'")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "--target", str(target), str(source)],
+        capture_output=True, text=True,
     )
+    assert proc.returncode == 0, f"pip could not install {source.name}:\n{proc.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A fresh virtual environment that sees the host's torch/transformers/optim_registry."""
+    """A folder of pip-installed plugin distributions, used by subprocesses of this very interpreter."""
     root = tmp_path_factory.mktemp("plugin_env")
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(root / "venv")
-    python = root / "venv" / "bin" / "python"
-    # optim_registry itself: make the checkout importable in the venv whether or not it is installed.
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    Path(site, "optim_registry_checkout.pth").write_text(str(ROOT) + "\n")
-    _pip(python, str(PLUGIN))
-    return {"python": python, "root": root, "site": Path(site)}
+    env = {"root": root, "installed": {}}
+    install(env, "optim-registry-example-plugin", PLUGIN)
+    return env
+
+
+def install(env, dist: str, source: Path) -> None:
+    target = env["root"] / "site" / dist
+    _pip_install_into(target, source)
+    env["installed"][dist] = target
+
+
+def uninstall(env, dist: str) -> None:
+    # pip refuses to uninstall outside its environment; each distribution has a folder of its own instead.
+    shutil.rmtree(env["installed"].pop(dist))
 
 
 def run_py(env, code: str, **extra_env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OPTIM_REGISTRY_")}
     environ.update(extra_env)
-    environ["PYTHONPATH"] = ""
-    return subprocess.run([str(env["python"]), "-c", textwrap.dedent(code)], capture_output=True, text=True,
+    # This checkout first (whether or not it is installed), then every installed plugin distribution.
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, env["installed"].values())])
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=environ, cwd=str(env["root"]))
 
 
@@ -52,7 +71,7 @@ def ok(proc: subprocess.CompletedProcess) -> str:
 
 def make_dist(env, dist: str, entry: str, module_code: str, group: str = "optim_registry.optimizers") -> None:
     """Write and pip-install a one-module plugin distribution offering `entry`."""
-    src = env["root"] / dist
+    src = env["root"] / "src" / dist
     pkg = src / dist.replace("-", "_")
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text(textwrap.dedent(module_code))
@@ -68,12 +87,7 @@ def make_dist(env, dist: str, entry: str, module_code: str, group: str = "optim_
         [tool.setuptools]
         packages = ["{dist.replace('-', '_')}"]
     """))
-    _pip(env["python"], str(src))
-
-
-def uninstall(env, dist: str) -> None:
-    subprocess.run([str(env["python"]), "-m", "pip", "uninstall", "-y", "--quiet", dist], check=True,
-                   capture_output=True)
+    install(env, dist, src)
 
 
 def test_installed_plugin_is_listed_with_its_distribution_without_importing_it(env):

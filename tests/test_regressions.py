@@ -47,7 +47,7 @@ def test_layerwise_checkpoint_holds_optimizer_state_and_resumes_exactly(tmp_path
 # 3 ---------------------------------------------------------------------------------------------------
 def test_layerwise_and_lomo_honour_clipping_and_log_a_real_grad_norm(tmp_path):
     with pytest.raises(ValueError, match="global-norm clipping"):
-        args("galore_adamw_layerwise", max_grad_norm=1.0, optim_target_modules=["attn"])
+        args("galore_adamw_layerwise", max_grad_norm=2.0, optim_target_modules=["attn"])
     layer = run("adamw_torch_layerwise", str(tmp_path / "l"), None, max_steps=2, max_grad_norm=0.0)
     lomo = run("lomo", str(tmp_path / "lomo"), None, max_steps=2, max_grad_norm=1.0)
     for trainer in (layer, lomo):
@@ -230,7 +230,7 @@ def test_galore_adamw_8bit_keeps_embedding_state_32bit(tmp_path):
     "optim, extra, match",
     [
         ("lomo", {"gradient_accumulation_steps": 2}, "gradient accumulation cannot work"),
-        ("adamw_torch_layerwise", {"max_grad_norm": 1.0}, "global-norm clipping"),
+        ("adamw_torch_layerwise", {"max_grad_norm": 2.0}, "global-norm clipping"),
         ("adamw_torch", {"lr_scheduler_type": "greedy"}, "eval"),
         ("t_gpu_only", {}, "needs a CUDA GPU"),
     ],

@@ -27,9 +27,18 @@ CLIP_PER_PARAM = Option(
     "clip_per_param",
     "float",
     None,
-    "clip each parameter's gradient to this norm inside backward (global-norm clipping cannot be "
-    "done layer-wise; set max_grad_norm=0)",
+    "clip each parameter's gradient to this norm inside backward, each on its own (not a global norm)",
     **POSITIVE,
+)
+
+#: ``clip=global``: exact global-norm clipping to ``max_grad_norm`` at the cost of a second backward pass.
+CLIP_GLOBAL = Option(
+    "clip",
+    "str",
+    None,
+    "'global': clip to the global gradient norm max_grad_norm exactly, as the whole-model name does "
+    "(the norm is measured in an extra backward pass before any parameter steps)",
+    choices=("global",),
 )
 
 
@@ -64,7 +73,8 @@ def layerwise_variant(spec: OptimizerSpec) -> OptimizerSpec:
         "whole model's gradients never exist at once.",
         layerwise=True,
         supports_layerwise=False,
-        options=spec.options + (CLIP_PER_PARAM,),
+        # A base with its own `clip` option (pytorch_optimizer's FAdam) keeps it; its twin has no clip=global.
+        options=spec.options + (CLIP_PER_PARAM,) + (() if "clip" in spec.option_map else (CLIP_GLOBAL,)),
         base=spec.name,
         resume="per-parameter optimizer states gathered into one state_dict",
     )

@@ -10,14 +10,20 @@ leaves three gaps that the subclasses here close:
   (from the clipping pass, or from one extra per-parameter hook) and handed to the Trainer through
   ``logged_grad_norm()``;
 - ``AdaLomo`` allocates its moments with ``.cuda()`` and keeps them outside ``state_dict()``. Here they
-  live on each parameter's device and travel in ``state_dict()``, so a resumed run continues exactly.
+  live on each parameter's device and travel in ``state_dict()``, so a resumed run continues exactly;
+- the library registers its update hooks on the model's parameters for good: they outlive the optimizer,
+  pile up when a second optimizer is built on the same model, and move the weights on any later
+  ``backward()`` (a bare one, or another Trainer's). Here the hooks exist only while this optimizer's own
+  ``fused_backward`` / ``grad_norm`` runs, and are removed when it returns.
 
 This module imports lomo_optim: it is loaded only when ``lomo`` / ``adalomo`` is resolved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -34,14 +40,45 @@ class _FusedBackwardMixin:
     grad_norms: Any
     gather_norm: bool
 
-    def _install_norm_hooks(self) -> None:
+    grad_func: Any
+
+    def _scope_hooks(self) -> None:
+        """Takes back the update hooks the library registered at construction; `_hooks` re-adds them per pass."""
         self._norm_sq: torch.Tensor | None = None
         self._tracking = False
         self._last_norm: torch.Tensor | None = None
+        self._handles: list[Any] = []
         for p in self.model.parameters():
-            if p.requires_grad:
-                # Registered after the library's update hook; both see the same (whole) gradient.
-                p.register_hook(self._accumulate_norm)
+            # The library keeps no handle; torch's own handles remove a hook by deleting its key from
+            # this (private) table, which is what is done here.
+            table = getattr(p, "_backward_hooks", None) or {}
+            for key in [k for k, hook in table.items() if hook is self.grad_func]:
+                del table[key]
+
+    @contextlib.contextmanager
+    def _hooks(self) -> Iterator[None]:
+        """The update and norm hooks, registered on the trainable parameters for the duration of one call."""
+        if self._handles:  # re-entered (grad_norm inside fused_backward): already in place
+            yield
+            return
+        try:
+            for p in self.model.parameters():
+                if p.requires_grad:
+                    # The library's update hook first, then the norm hook: both see the same (whole) gradient.
+                    self._handles.append(p.register_hook(self.grad_func))
+                    self._handles.append(p.register_hook(self._accumulate_norm))
+            yield
+        finally:
+            while self._handles:
+                self._handles.pop().remove()
+
+    def hook_count(self) -> int:
+        """Hooks this optimizer has on the model now: 0 outside its own backward passes."""
+        return len(self._handles)
+
+    def grad_norm(self, loss: torch.Tensor) -> None:
+        with self._hooks():
+            super().grad_norm(loss)  # type: ignore[misc]
 
     def _accumulate_norm(self, grad: torch.Tensor) -> None:
         if self._tracking:
@@ -56,6 +93,10 @@ class _FusedBackwardMixin:
         return self.clip_grad_norm is not None and self.clip_grad_norm > 0
 
     def _backward_with_norm(self, loss: torch.Tensor, lr: float, fused: Any) -> None:
+        with self._hooks():
+            self._clipped_backward(loss, lr, fused)
+
+    def _clipped_backward(self, loss: torch.Tensor, lr: float, fused: Any) -> None:
         if self._clipping():
             # The library's first pass: per-parameter norms -> clip coefficient for the update pass.
             self.grad_norm(loss)  # type: ignore[attr-defined]
@@ -104,7 +145,7 @@ class ClippedLomo(_FusedBackwardMixin, Lomo):
                  loss_scale_args: dict[str, Any] | None = None) -> None:
         super().__init__(model, lr=lr, clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
                          weight_decay=weight_decay, loss_scale_args=dict(loss_scale_args or {}))
-        self._install_norm_hooks()
+        self._scope_hooks()
 
     def _grad_scale(self) -> float:
         return float(self.loss_scaler.loss_scale) if self.loss_scaler else 1.0
@@ -166,11 +207,10 @@ class ClippedAdaLomo(_FusedBackwardMixin, AdaLomo):
             else:
                 self.exp_avg_sq_row[n] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
                 self.exp_avg_sq_col[n] = torch.zeros(p.shape[1], dtype=torch.float32, device=p.device)
-            p.register_hook(self.grad_func)
         defaults = dict(lr=lr, eps=eps, weight_decay=weight_decay, clip_grad_norm=clip_grad_norm,
                         clip_grad_value=clip_grad_value)
         torch.optim.Optimizer.__init__(self, model.parameters(), defaults)
-        self._install_norm_hooks()
+        self._scope_hooks()  # registers nothing here: the hooks are added per backward pass
 
     def _grad_scale(self) -> float:
         return float(self.loss_scale) if self.loss_scale else 1.0
