@@ -174,6 +174,7 @@ class OptimRegistryMixin:
         return [group["params"] for group in self.optimizer.param_groups]
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self._check_scheduler_before_build(num_training_steps)
         with build.training_steps(num_training_steps):
             super().create_optimizer_and_scheduler(num_training_steps)  # type: ignore[misc]
 
@@ -183,6 +184,7 @@ class OptimRegistryMixin:
         spec = None
         if fresh:
             validate_training_args(self.args)
+            self._check_scheduler_before_build()
             spec = build.spec_for(_plain(self.args.optim))
             build.check_device(spec, opt_model)
             with decay_names_override(self.get_decay_parameter_names(opt_model)):
@@ -192,6 +194,14 @@ class OptimRegistryMixin:
             optimizer = super().create_optimizer(model)  # type: ignore[misc]
         self._install_protocols(unwrap_optimizer(self.optimizer))
         return self.optimizer
+
+    def _check_scheduler_before_build(self, num_training_steps: int | None = None) -> None:
+        """The scheduler's whole check (keys it does not take, phases longer than the run), before any
+        optimizer exists: one refused afterwards would leave the optimizer's hooks on the model."""
+        if self.lr_scheduler is None:
+            state_steps = int(getattr(getattr(self, "state", None), "max_steps", 0) or 0)
+            total = num_training_steps or (state_steps if state_steps > 0 else None)
+            check_scheduler_args(self.args, total, strict=True)
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.lr_scheduler is None:
