@@ -475,6 +475,16 @@ def parse_scheduler_kwargs(
     return typed
 
 
+def check_kwargs_json(args: Any) -> None:
+    """A JSON ``lr_scheduler_kwargs`` string that does not parse, refused with the key and the fix (the parent
+    class would raise json's bare ``Expecting ',' delimiter``)."""
+    from .optim_args import to_mapping
+
+    raw = getattr(args, "lr_scheduler_kwargs", None)
+    if isinstance(raw, str) and raw.strip().startswith("{"):
+        to_mapping(raw, "lr_scheduler_kwargs")
+
+
 def _start_from(optimizer: Any, kwargs: dict[str, Any]) -> None:
     """``last_epoch >= 0`` starts the schedule after that step. torch then reads each group's
     ``initial_lr``, which only an earlier scheduler leaves behind (transformers' Trainer would raise a

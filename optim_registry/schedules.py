@@ -288,7 +288,11 @@ class _StepWarmup:
         self.warmup_steps_done = 0
         self.warmup_base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
         self._apply_warmup()
-        self._warmup_hook = self.optimizer.register_step_post_hook(self._after_optimizer_step)
+        stepped = self.optimizer
+        # The Trainer hands accelerate's wrapper, which steps the real optimizer but keeps no hooks itself.
+        while not hasattr(stepped, "_optimizer_step_post_hooks") and hasattr(stepped, "optimizer"):
+            stepped = stepped.optimizer
+        self._warmup_hook = stepped.register_step_post_hook(self._after_optimizer_step)
 
     @property
     def in_warmup(self) -> bool:

@@ -22,7 +22,7 @@ from . import build
 from .build import decay_names_override
 from .catalog import optimizers
 from .distributed import check_distributed
-from .schedulers import check_scheduler_args, create_scheduler, schedulers
+from .schedulers import check_kwargs_json, check_scheduler_args, create_scheduler, schedulers
 
 _HF_OPTIMS = {m.value for m in HFOptimizerNames}
 _HF_SCHEDULERS = {m.value for m in SchedulerType}
@@ -98,6 +98,7 @@ class RegistryArgumentsMixin:
         schedulers.check_name(sched)
         # Before the parent's set-up, which imports deepspeed when configured: refuse early.
         check_distributed(optimizers.get(optim), self)
+        check_kwargs_json(self)
         # The parent validates against transformers' closed enums: show it a name it knows, then
         # put ours back.
         self.optim = optim if optim in _HF_OPTIMS else HFOptimizerNames.ADAMW_TORCH.value
