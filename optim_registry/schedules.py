@@ -274,7 +274,7 @@ class _StepWarmup:
     """A linear warm-up over optimizer steps for a scheduler the Trainer steps only with evaluation metrics.
 
     ``ReduceLROnPlateau`` and ``GreedyLR`` are stepped at evaluations, so the warm-up advances from a
-    step hook on the optimizer instead: the k-th optimizer step (from 0) uses ``k / num_warmup_steps``
+    step hook on the optimizer instead (on ``fused_backward`` for LOMO-style optimizers): the k-th optimizer step (from 0) uses ``k / num_warmup_steps``
     of each group's rate, as transformers' warm-ups do. Evaluations during the warm-up are not judged
     (the rate is still rising; a plateau there means nothing), as timm's plateau scheduler does.
     """
@@ -292,7 +292,20 @@ class _StepWarmup:
         # The Trainer hands accelerate's wrapper, which steps the real optimizer but keeps no hooks itself.
         while not hasattr(stepped, "_optimizer_step_post_hooks") and hasattr(stepped, "optimizer"):
             stepped = stepped.optimizer
-        self._warmup_hook = stepped.register_step_post_hook(self._after_optimizer_step)
+        fused = getattr(stepped, "fused_backward", None)
+        if callable(fused):
+            # LOMO / AdaLomo update inside backward; accelerate never calls their step(), so no step hook
+            # would fire: count their fused backward passes instead (one per optimizer step, since
+            # gradient accumulation is refused for them).
+            def fused_backward(*args: Any, **kwargs: Any) -> Any:
+                result = fused(*args, **kwargs)
+                self._after_optimizer_step(stepped, args, kwargs)
+                return result
+
+            stepped.fused_backward = fused_backward
+            self._warmup_hook = None
+        else:
+            self._warmup_hook = stepped.register_step_post_hook(self._after_optimizer_step)
 
     @property
     def in_warmup(self) -> bool:

@@ -264,8 +264,14 @@ def test_plateau_warmup_state_round_trips():
     assert whole[:4] == pytest.approx([0, LR / 4, LR / 2, 3 * LR / 4]) and whole[-1] < LR
 
 
-def test_plateau_warmup_in_a_trainer_run(tmp_path):
+@pytest.mark.parametrize("optim, sched", [
+    ("adamw_torch", "reduce_lr_on_plateau"),
+    ("lomo", "reduce_lr_on_plateau"),            # no optimizer.step(): the warm-up follows fused_backward
+    ("adamw_torch_layerwise", "greedy"),          # steps inside backward, step() still marks the step
+])
+def test_metric_driven_warmup_in_a_trainer_run(tmp_path, optim, sched):
     from transformers import TrainerCallback
+    from transformers.optimization import GreedyLR
 
     seen = []
 
@@ -273,11 +279,14 @@ def test_plateau_warmup_in_a_trainer_run(tmp_path):
         def on_step_begin(self, args, state, control, optimizer=None, **kw):
             seen.append(optimizer.param_groups[0]["lr"])
 
-    args = training_args("adamw_torch", str(tmp_path), lr_scheduler_type="reduce_lr_on_plateau", warmup_steps=3,
-                         max_steps=5, lr_scheduler_kwargs="patience=0", eval_strategy="steps", eval_steps=1,
-                         per_device_eval_batch_size=8)
-    trainer = OptimTrainer(model=tiny_model(), args=args, train_dataset=TokenDataset(),
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    args = training_args(optim, str(tmp_path), lr_scheduler_type=sched, warmup_steps=3, max_steps=5,
+                         lr_scheduler_kwargs="patience=5", eval_strategy="steps", eval_steps=1,
+                         per_device_eval_batch_size=8, max_grad_norm=0.0)
+    trainer = OptimTrainer(model=model, args=args, train_dataset=TokenDataset(),
                            eval_dataset=TokenDataset(n=8, seed=1), callbacks=[Record()])
     trainer.train()
-    assert seen[:4] == pytest.approx([0.0, 1e-2 / 3, 2e-2 / 3, 1e-2])
-    assert isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert seen == pytest.approx([0.0, 1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2])  # patience 5: no decision yet
+    assert isinstance(trainer.lr_scheduler, (torch.optim.lr_scheduler.ReduceLROnPlateau, GreedyLR))
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
