@@ -244,10 +244,11 @@ def test_metric_driven_schedulers_warm_up_then_judge_metrics(name, after):
     assert seen == [pytest.approx(w) for w in want]
 
 
-def test_plateau_warmup_state_round_trips():
+@pytest.mark.parametrize("name", ["reduce_lr_on_plateau", "greedy"])
+def test_metric_driven_warmup_state_round_trips(name):
     def fresh():
         opt = sgd()
-        return opt, create_scheduler(targs("reduce_lr_on_plateau", "patience=0,factor=0.5", warmup=4, **EVAL), opt, N)
+        return opt, create_scheduler(targs(name, "patience=0,factor=0.5,min_lr=1e-4", warmup=4, **EVAL), opt, N)
 
     metrics = [3.0, 2.0, 9.0, 9.0, 1.0, 2.0, 2.0, 0.5]
     whole = rates(*fresh(), len(metrics), metrics)
@@ -261,7 +262,8 @@ def test_plateau_warmup_state_round_trips():
     opt.load_state_dict(saved["opt"])
     sched.load_state_dict(saved["sched"])
     assert head + rates(opt, sched, len(metrics) - 2, metrics[2:]) == pytest.approx(whole)
-    assert whole[:4] == pytest.approx([0, LR / 4, LR / 2, 3 * LR / 4]) and whole[-1] < LR
+    assert whole[:4] == pytest.approx([0, LR / 4, LR / 2, 3 * LR / 4]) and len(set(whole[4:])) == 3
+    assert "_warmup_hook" not in saved["sched"] and saved["sched"]["warmup_steps_done"] == 2
 
 
 @pytest.mark.parametrize("optim, sched", [
