@@ -138,6 +138,7 @@ def get_step_schedule(
     linear warm-up that multiplies it. With no warm-up it equals ``StepLR(optimizer, step_size, gamma)``."""
     if step_size is None or step_size < 1:
         raise ValueError(f"lr_scheduler_type='step' needs lr_scheduler_kwargs step_size=<steps >= 1>, got {step_size}")
+    _check_gamma(gamma)
     return LambdaLR(optimizer, partial(
         _step_lambda, num_warmup_steps=num_warmup_steps, step_size=step_size, gamma=gamma,
     ), last_epoch)
@@ -161,6 +162,7 @@ def get_multistep_schedule(
         )
     if any(m < 0 for m in milestones):
         raise ValueError(f"lr_scheduler_kwargs key 'milestones' must hold steps >= 0, got {tuple(milestones)}")
+    _check_gamma(gamma)
     return LambdaLR(optimizer, partial(
         _multistep_lambda, num_warmup_steps=num_warmup_steps, milestones=tuple(sorted(milestones)), gamma=gamma,
     ), last_epoch)
@@ -190,6 +192,8 @@ def get_polynomial_schedule(
     """
     if lr_init is None:
         lr_init = optimizer.defaults["lr"]
+    if not power > 0:  # power <= 0 divides by zero at the end of the decay
+        raise ValueError(f"lr_scheduler_kwargs key 'power': {power!r} is out of range; valid range > 0")
     if not lr_init > lr_end:
         raise ValueError(
             f"lr_scheduler_kwargs key 'lr_end' ({lr_end}) must be smaller than the learning rate ({lr_init})"
@@ -262,6 +266,11 @@ def wsd_phase_steps(
         _check_ratio("stable_ratio", stable_ratio)
         num_stable_steps = int(num_training_steps * stable_ratio)
     return int(num_decay_steps), num_stable_steps  # type: ignore[arg-type]
+
+
+def _check_gamma(gamma: float) -> None:
+    if not (gamma > 0 and math.isfinite(gamma)):  # 0 stops training at the first drop, < 0 flips the sign
+        raise ValueError(f"lr_scheduler_kwargs key 'gamma': {gamma!r} is out of range; valid range > 0")
 
 
 def _check_ratio(key: str, value: Any) -> None:

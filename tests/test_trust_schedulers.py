@@ -292,3 +292,14 @@ def test_metric_driven_warmup_in_a_trainer_run(tmp_path, optim, sched):
     assert seen == pytest.approx([0.0, 1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2])  # patience 5: no decision yet
     assert isinstance(trainer.lr_scheduler, (torch.optim.lr_scheduler.ReduceLROnPlateau, GreedyLR))
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_schedule_functions_called_directly_refuse_what_would_divide_by_zero_mid_run():
+    from optim_registry.schedules import get_multistep_schedule, get_polynomial_schedule, get_step_schedule
+
+    with pytest.raises(ValueError, match=r"'power': -1 is out of range; valid range > 0"):
+        get_polynomial_schedule(sgd(), 0, N, power=-1)
+    with pytest.raises(ValueError, match=r"'gamma': 0 is out of range; valid range > 0"):
+        get_step_schedule(sgd(), 0, N, step_size=2, gamma=0)
+    with pytest.raises(ValueError, match=r"'gamma': -0.5 is out of range"):
+        get_multistep_schedule(sgd(), 0, N, milestones=(3,), gamma=-0.5)
