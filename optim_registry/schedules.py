@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import weakref
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -289,6 +290,8 @@ class _StepWarmup:
     """
 
     _WARMUP_KEYS = ("warmup_steps_total", "warmup_steps_done", "warmup_base_lrs")
+    #: Attributes that are wiring, not state (torch's ReduceLROnPlateau saves its whole __dict__).
+    _NOT_STATE = ("_warmup_hook", "_warmup_target")
 
     optimizer: Optimizer
 
@@ -301,6 +304,10 @@ class _StepWarmup:
         # The Trainer hands accelerate's wrapper, which steps the real optimizer but keeps no hooks itself.
         while not hasattr(stepped, "_optimizer_step_post_hooks") and hasattr(stepped, "optimizer"):
             stepped = stepped.optimizer
+        # Only the newest warm-up scheduler of an optimizer drives it: one replaced on the same optimizer
+        # (a second train(), restarting the schedule on resume) must not keep writing rates.
+        stepped._optim_registry_warmup = weakref.ref(self)
+        self._warmup_target = stepped
         fused = getattr(stepped, "fused_backward", None)
         if callable(fused):
             # LOMO / AdaLomo update inside backward; accelerate never calls their step(), so no step hook
@@ -328,7 +335,8 @@ class _StepWarmup:
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self.in_warmup:
+        owner = getattr(self._warmup_target, "_optim_registry_warmup", None)
+        if owner is not None and owner() is self and self.in_warmup:
             self.warmup_steps_done += 1
             self._apply_warmup()
 
@@ -338,7 +346,7 @@ class _StepWarmup:
         super().step(metrics, *args, **kwargs)  # type: ignore[misc]
 
     def state_dict(self) -> dict[str, Any]:
-        state = {k: v for k, v in super().state_dict().items() if k != "_warmup_hook"}  # type: ignore[misc]
+        state = {k: v for k, v in super().state_dict().items() if k not in self._NOT_STATE}  # type: ignore[misc]
         state.update({k: getattr(self, k) for k in self._WARMUP_KEYS})
         return state
 

@@ -303,3 +303,16 @@ def test_schedule_functions_called_directly_refuse_what_would_divide_by_zero_mid
         get_step_schedule(sgd(), 0, N, step_size=2, gamma=0)
     with pytest.raises(ValueError, match=r"'gamma': -0.5 is out of range"):
         get_multistep_schedule(sgd(), 0, N, milestones=(3,), gamma=-0.5)
+
+
+def test_a_replaced_warmup_scheduler_stops_driving_the_optimizer():
+    """A second scheduler on the same optimizer (a second train(), restarting the schedule on resume) takes over;
+    the first one's hook must not keep writing its own warm-up rates."""
+    opt = sgd()
+    args = targs("reduce_lr_on_plateau", "patience=5", warmup=8, **EVAL)
+    create_scheduler(args, opt, N)
+    opt.step()  # the first scheduler is mid-warm-up
+    opt.param_groups[0]["lr"] = LR  # what a resumed optimizer state holds
+    second = create_scheduler(targs("reduce_lr_on_plateau", "patience=5", warmup=2, **EVAL), opt, N)
+    got = rates(opt, second, 4, metrics=[1.0] * 4)
+    assert got == pytest.approx([0.0, LR / 2, LR, LR])
