@@ -193,17 +193,48 @@ def _build_polynomial(optimizer: Any, warmup: int, total: int, kwargs: dict[str,
     return get_polynomial_schedule(optimizer, warmup, total, lr_init=reference_lr(optimizer, args), **kwargs)
 
 
+def _rates(kwargs: dict[str, Any], key: str, default: float, *, name: str, positive: bool = False) -> list[float]:
+    """A bound of a metric-driven scheduler: one rate, or one per param group as torch / GreedyLR take it.
+
+    Declared ``any`` (no option type is "a number or a tuple"), so its range is checked here.
+    """
+    value = kwargs.get(key, default)
+    many = isinstance(value, (list, tuple))
+    numbers = list(value) if many else [value]
+    where = f"lr_scheduler_type={name!r}: lr_scheduler_kwargs key {key!r}"
+    bound = "> 0" if positive else ">= 0"
+    if not numbers or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+        raise ValueError(f"{where}: {value!r} is not a rate or a tuple of rates (one per param group), e.g. 1e-5")
+    for number in numbers:
+        if not math.isfinite(number):
+            raise ValueError(f"{where}: {number!r} is not a finite number; valid range {bound}")
+        if number < 0 or (positive and number == 0):
+            raise ValueError(f"{where}: {value!r} is out of range; valid range {bound}")
+    if key in kwargs:  # typed: torch and GreedyLR take a float, or a list with one per param group
+        kwargs[key] = [float(v) for v in numbers] if many else float(value)
+    return [float(v) for v in numbers]
+
+
 def _check_plateau(kwargs: dict[str, Any], run: RunFacts) -> None:
-    _not_above_rate(kwargs, run, "min_lr", name="reduce_lr_on_plateau")
+    for value in _rates(kwargs, "min_lr", 0.0, name="reduce_lr_on_plateau"):
+        _not_above_rate({"min_lr": value}, run, "min_lr", name="reduce_lr_on_plateau")
 
 
 def _check_greedy(kwargs: dict[str, Any]) -> None:
-    low, high = kwargs.get("min_lr", 1e-3), kwargs.get("max_lr", 1.0)
-    if low > high:
+    lows = _rates(kwargs, "min_lr", 1e-3, name="greedy")
+    highs = _rates(kwargs, "max_lr", 1.0, name="greedy", positive=True)
+    if len(lows) > 1 and len(highs) > 1 and len(lows) != len(highs):
         raise ValueError(
-            f"lr_scheduler_type='greedy': lr_scheduler_kwargs key 'min_lr' ({low:g}) is above 'max_lr' ({high:g}); "
-            f"min_lr must be in [0, max_lr]"
+            f"lr_scheduler_type='greedy': lr_scheduler_kwargs 'min_lr' has {len(lows)} rates and 'max_lr' "
+            f"{len(highs)}; give one rate, or one per param group for both"
         )
+    for i in range(max(len(lows), len(highs))):
+        low, high = lows[min(i, len(lows) - 1)], highs[min(i, len(highs) - 1)]
+        if low > high:
+            raise ValueError(
+                f"lr_scheduler_type='greedy': lr_scheduler_kwargs key 'min_lr' ({low:g}) is above 'max_lr' "
+                f"({high:g}); min_lr must be in [0, max_lr]"
+            )
 
 
 _WSD_PHASES = ("num_decay_steps", "decay_ratio", "num_stable_steps", "stable_ratio")
@@ -291,8 +322,8 @@ BUILTIN = (
             opt("threshold_mode", "str", "abs", "rel or abs", choices=("rel", "abs")),
             opt("cooldown", "int", 0, "evaluations to wait after a decrease", **_NON_NEGATIVE),
             opt("warmup", "int", 0, "evaluations to wait after an increase", **_NON_NEGATIVE),
-            opt("min_lr", "float", 1e-3, "lowest learning rate", **_NON_NEGATIVE),
-            opt("max_lr", "float", 1.0, "highest learning rate", low=0, low_open=True),
+            opt("min_lr", "any", 1e-3, "lowest learning rate (>= 0), or one per param group"),
+            opt("max_lr", "any", 1.0, "highest learning rate (> 0), or one per param group"),
             opt("eps", "float", 1e-8, "smallest change applied", **_NON_NEGATIVE),
             opt("smooth", "bool", False, "smooth the metric with a moving window"),
             opt("window_size", "int", 50, "window of the smoothing", low=1),
@@ -326,7 +357,7 @@ BUILTIN = (
             opt("threshold", "float", 1e-4, "relative improvement that counts", **_NON_NEGATIVE),
             opt("threshold_mode", "str", "rel", "rel or abs", choices=("rel", "abs")),
             opt("cooldown", "int", 0, "evaluations to wait after a decrease", **_NON_NEGATIVE),
-            opt("min_lr", "float", 0.0, "lowest learning rate", **_NON_NEGATIVE),
+            opt("min_lr", "any", 0.0, "lowest learning rate (>= 0, at most the rate), or one per param group"),
             opt("eps", "float", 1e-8, "smallest change applied", **_NON_NEGATIVE),
         ),
         check=_check_plateau,

@@ -316,3 +316,31 @@ def test_a_replaced_warmup_scheduler_stops_driving_the_optimizer():
     second = create_scheduler(targs("reduce_lr_on_plateau", "patience=5", warmup=2, **EVAL), opt, N)
     got = rates(opt, second, 4, metrics=[1.0] * 4)
     assert got == pytest.approx([0.0, LR / 2, LR, LR])
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("reduce_lr_on_plateau", {"min_lr": [1e-3, 1e-4]}),
+    ("reduce_lr_on_plateau", "min_lr=(1e-3,1e-4)"),
+    ("greedy", {"min_lr": [1e-3, 1e-4], "max_lr": (0.5, 0.05), "patience": 1, "factor": 0.5}),
+])
+def test_per_group_bounds_of_metric_driven_schedulers_are_accepted(name, kwargs):
+    """torch's ReduceLROnPlateau and GreedyLR take one bound per param group; so does the stock Trainer."""
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(2))]},
+                           {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": LR / 10}], lr=LR)
+    scheduler = create_scheduler(targs(name, kwargs, warmup=0, **EVAL), opt, N)
+    assert scheduler.min_lrs == [1e-3, 1e-4]
+    for metric in [1.0] + [2.0] * 60:
+        scheduler.step(metric)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-4])
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("reduce_lr_on_plateau", {"min_lr": [1e-3, -1.0]}, r"'min_lr': \[0.001, -1.0\] is out of range; valid range >= 0"),
+    ("reduce_lr_on_plateau", {"min_lr": [1e-3, 0.5]}, r"'min_lr' \(0.5\) is above the learning rate \(0.1\)"),
+    ("reduce_lr_on_plateau", "min_lr=abc", r"'min_lr': 'abc' is not a rate or a tuple of rates"),
+    ("greedy", {"min_lr": [1e-3, 1e-4], "max_lr": [1.0, 1.0, 1.0]}, r"'min_lr' has 2 rates and 'max_lr' 3"),
+    ("greedy", {"max_lr": [1.0, 0.0]}, r"'max_lr': \[1.0, 0.0\] is out of range; valid range > 0"),
+])
+def test_bad_per_group_bounds_refused_when_created(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        targs(name, kwargs, **EVAL)
