@@ -334,7 +334,9 @@ BUILTIN = (
     SchedulerSpec(
         "inverse_sqrt", f"{_TF}:get_inverse_sqrt_schedule", "Linear warm-up, then 1/sqrt(step) decay.",
         takes=frozenset({"num_warmup_steps"}),
-        options=(opt("timescale", "int", None, "decay time scale (default: num_warmup_steps or 10,000)", low=1),
+        # typed int by transformers, but only divided by: a float scale works as well
+        options=(opt("timescale", "float", None, "decay time scale (default: num_warmup_steps or 10,000)", low=0,
+                     low_open=True),
                  LAST_EPOCH),
     ),
     SchedulerSpec("linear", f"{_TF}:get_linear_schedule_with_warmup", "Linear warm-up, then linear decay to 0.",

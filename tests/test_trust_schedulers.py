@@ -132,7 +132,8 @@ REFUSED = [
     ("polynomial", "lr_end=-1e-3", {}, r"'lr_end': -0.001 is out of range; valid range >= 0"),
     ("polynomial", "power=-1", {}, r"'power': -1.0 is out of range; valid range > 0"),
     ("polynomial", "power=0", {}, r"'power': 0.0 is out of range; valid range > 0"),
-    ("inverse_sqrt", "timescale=0", {}, r"'timescale': 0 is out of range; valid range >= 1"),
+    ("inverse_sqrt", "timescale=0", {}, r"'timescale': 0.0 is out of range; valid range > 0"),
+    ("inverse_sqrt", "timescale=-5", {}, r"'timescale': -5.0 is out of range; valid range > 0"),
     ("cosine", "num_cycles=-0.5", {}, r"'num_cycles': -0.5 is out of range; valid range >= 0"),
     ("cosine", "num_cycles=nan", {}, r"'num_cycles': nan is not a finite number; valid range >= 0"),
     ("cosine_with_restarts", "num_cycles=-1", {}, r"'num_cycles': -1.0 is out of range; valid range >= 0"),
@@ -184,6 +185,7 @@ def test_optim_args_lr_is_the_rate_lr_end_is_compared_with():
     ("polynomial", "lr_end=0,power=0.5", {}),
     ("cosine", "num_cycles=0.75", {}),
     ("cosine_with_restarts", "num_cycles=0", {}),
+    ("inverse_sqrt", "timescale=2.5", {}),               # typed int by transformers, computed as a float
     ("cosine_with_min_lr", "min_lr=0.1", {}),          # a floor equal to the rate: constant, as the formula says
     ("step", "step_size=5,gamma=2", {}),               # a rising step schedule: torch StepLR allows it
     ("reduce_lr_on_plateau", "factor=0", EVAL),         # torch: drop straight to min_lr
