@@ -183,9 +183,10 @@ class OptimRegistryMixin:
         fresh = self.optimizer is None and self.optimizer_cls_and_kwargs is None
         opt_model = self.model if model is None else model
         spec = None
+        if self.optimizer is None:
+            self._check_scheduler_before_build()
         if fresh:
             validate_training_args(self.args)
-            self._check_scheduler_before_build()
             spec = build.spec_for(_plain(self.args.optim))
             build.check_device(spec, opt_model)
             with decay_names_override(self.get_decay_parameter_names(opt_model)):

@@ -223,6 +223,15 @@ def test_scheduler_refused_before_lomo_hooks_are_installed(tmp_path, sched, kwar
     assert trainer.optimizer is None
 
 
+def test_scheduler_refused_before_an_optimizer_cls_and_kwargs_optimizer_is_built(tmp_path):
+    args = training_args("adamw_torch", str(tmp_path), lr_scheduler_type="linear", lr_scheduler_kwargs="bogus=1")
+    trainer = OptimTrainer(model=tiny_model(), args=args, train_dataset=TokenDataset(),
+                           optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))
+    with pytest.raises(ValueError, match="'bogus' is not accepted by lr_scheduler_type='linear'"):
+        trainer.train()
+    assert trainer.optimizer is None
+
+
 # -- warm-up for the metric-driven schedulers ---------------------------------------------------------------------
 @pytest.mark.parametrize("name, after", [
     # the evaluation after the warm-up's last step is the first judged: 9.0 a best, 4.0 better, 9.0 worse
