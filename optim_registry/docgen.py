@@ -424,7 +424,11 @@ def render_schedulers() -> str:
     rows = []
     for name in sorted(schedulers.builtin()):
         spec = schedulers.builtin()[name]
-        options = ", ".join(f"`{o.name}` ({o.type}, default `{format_value(o.default)}`)" for o in spec.options)
+        options = ", ".join(
+            f"`{o.name}` ({o.type}, default `{format_value(o.default)}`"
+            + (f", {o.range_text()}" if o.range_text() else "") + ")"
+            for o in spec.options
+        )
         rows.append((f"`{name}`", " ".join(spec.description.split()), options or "—",
                      "yes" if spec.needs_eval else "no"))
     return "\n".join(_table(("lr_scheduler_type", "what it does", "lr_scheduler_kwargs", "needs eval"), rows)) + "\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import weakref
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -138,6 +139,7 @@ def get_step_schedule(
     linear warm-up that multiplies it. With no warm-up it equals ``StepLR(optimizer, step_size, gamma)``."""
     if step_size is None or step_size < 1:
         raise ValueError(f"lr_scheduler_type='step' needs lr_scheduler_kwargs step_size=<steps >= 1>, got {step_size}")
+    _check_gamma(gamma)
     return LambdaLR(optimizer, partial(
         _step_lambda, num_warmup_steps=num_warmup_steps, step_size=step_size, gamma=gamma,
     ), last_epoch)
@@ -161,6 +163,7 @@ def get_multistep_schedule(
         )
     if any(m < 0 for m in milestones):
         raise ValueError(f"lr_scheduler_kwargs key 'milestones' must hold steps >= 0, got {tuple(milestones)}")
+    _check_gamma(gamma)
     return LambdaLR(optimizer, partial(
         _multistep_lambda, num_warmup_steps=num_warmup_steps, milestones=tuple(sorted(milestones)), gamma=gamma,
     ), last_epoch)
@@ -190,6 +193,8 @@ def get_polynomial_schedule(
     """
     if lr_init is None:
         lr_init = optimizer.defaults["lr"]
+    if not power > 0:  # power <= 0 divides by zero at the end of the decay
+        raise ValueError(f"lr_scheduler_kwargs key 'power': {power!r} is out of range; valid range > 0")
     if not lr_init > lr_end:
         raise ValueError(
             f"lr_scheduler_kwargs key 'lr_end' ({lr_end}) must be smaller than the learning rate ({lr_init})"
@@ -264,6 +269,146 @@ def wsd_phase_steps(
     return int(num_decay_steps), num_stable_steps  # type: ignore[arg-type]
 
 
+def _check_gamma(gamma: float) -> None:
+    if not (gamma > 0 and math.isfinite(gamma)):  # 0 stops training at the first drop, < 0 flips the sign
+        raise ValueError(f"lr_scheduler_kwargs key 'gamma': {gamma!r} is out of range; valid range > 0")
+
+
 def _check_ratio(key: str, value: Any) -> None:
     if value is not None and not 0.0 <= value <= 1.0:
         raise ValueError(f"lr_scheduler_kwargs key {key!r} is a fraction and must be in [0, 1], got {value}")
+
+
+# -- a warm-up for the metric-driven schedulers ---------------------------------------------------------------
+class _StepWarmup:
+    """A linear warm-up over optimizer steps for a scheduler the Trainer steps only with evaluation metrics.
+
+    ``ReduceLROnPlateau`` and ``GreedyLR`` are stepped at evaluations, so the warm-up advances from a
+    step hook on the optimizer instead (on ``fused_backward`` for LOMO-style optimizers): the k-th optimizer step (from 0) uses ``k / num_warmup_steps``
+    of each group's rate, as transformers' warm-ups do. Evaluations during the warm-up are not judged
+    (the rate is still rising; a plateau there means nothing), as timm's plateau scheduler does.
+    """
+
+    _WARMUP_KEYS = ("warmup_steps_total", "warmup_steps_done", "warmup_base_lrs")
+    #: Attributes that are wiring, not state (torch's ReduceLROnPlateau saves its whole __dict__).
+    _NOT_STATE = ("_warmup_hook", "_warmup_target")
+
+    optimizer: Optimizer
+
+    def _start_warmup(self, num_warmup_steps: int) -> None:
+        self.warmup_steps_total = int(num_warmup_steps)
+        self.warmup_steps_done = 0
+        self.warmup_base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
+        self._apply_warmup()
+        stepped = self.optimizer
+        # The Trainer hands accelerate's wrapper, which steps the real optimizer but keeps no hooks itself.
+        while not hasattr(stepped, "_optimizer_step_post_hooks") and hasattr(stepped, "optimizer"):
+            stepped = stepped.optimizer
+        # Only the newest warm-up scheduler of an optimizer drives it: one replaced on the same optimizer
+        # (a second train(), restarting the schedule on resume) must not keep writing rates.
+        stepped._optim_registry_warmup = weakref.ref(self)
+        self._warmup_target = stepped
+        fused = getattr(stepped, "fused_backward", None)
+        if callable(fused):
+            # LOMO / AdaLomo update inside backward; accelerate never calls their step(), so no step hook
+            # would fire: count their fused backward passes instead (one per optimizer step, since
+            # gradient accumulation is refused for them).
+            def fused_backward(*args: Any, **kwargs: Any) -> Any:
+                result = fused(*args, **kwargs)
+                self._after_optimizer_step(stepped, args, kwargs)
+                return result
+
+            stepped.fused_backward = fused_backward
+            self._warmup_hook = None
+        else:
+            self._warmup_hook = stepped.register_step_post_hook(self._after_optimizer_step)
+
+    @property
+    def in_warmup(self) -> bool:
+        # getattr: the base class may step once inside its own __init__, before the warm-up is set up.
+        return getattr(self, "warmup_steps_done", 0) < getattr(self, "warmup_steps_total", 0)
+
+    def _apply_warmup(self) -> None:
+        factor = min(1.0, self.warmup_steps_done / self.warmup_steps_total)
+        for group, base in zip(self.optimizer.param_groups, self.warmup_base_lrs):
+            group["lr"] = base * factor
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _after_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        owner = getattr(self._warmup_target, "_optim_registry_warmup", None)
+        if owner is not None and owner() is self and self.in_warmup:
+            self.warmup_steps_done += 1
+            self._apply_warmup()
+
+    def step(self, metrics: Any = None, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        if self.in_warmup:
+            return
+        super().step(metrics, *args, **kwargs)  # type: ignore[misc]
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: v for k, v in super().state_dict().items() if k not in self._NOT_STATE}  # type: ignore[misc]
+        state.update({k: getattr(self, k) for k in self._WARMUP_KEYS})
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        for key in self._WARMUP_KEYS:
+            if key in state:
+                setattr(self, key, state.pop(key))
+        super().load_state_dict(state)  # type: ignore[misc]
+
+
+def _plateau_type() -> type:
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    class WarmupReduceLROnPlateau(_StepWarmup, ReduceLROnPlateau):
+        """``ReduceLROnPlateau`` after a linear warm-up of ``num_warmup_steps`` optimizer steps."""
+
+        def __init__(self, optimizer: Optimizer, num_warmup_steps: int, **kwargs: Any) -> None:
+            super().__init__(optimizer, **kwargs)
+            self._start_warmup(num_warmup_steps)
+
+    return WarmupReduceLROnPlateau
+
+
+def _greedy_type() -> type:
+    from transformers.optimization import GreedyLR
+
+    class WarmupGreedyLR(_StepWarmup, GreedyLR):
+        """``GreedyLR`` after a linear warm-up of ``num_warmup_steps`` optimizer steps."""
+
+        def __init__(self, optimizer: Optimizer, num_warmup_steps: int, **kwargs: Any) -> None:
+            super().__init__(optimizer, **kwargs)
+            self._start_warmup(num_warmup_steps)
+
+    return WarmupGreedyLR
+
+
+_WARMUP_TYPES: dict[str, type] = {}
+
+
+def warmup_type(kind: str) -> type:
+    """The warm-up subclass of ``ReduceLROnPlateau`` (``"plateau"``) or ``GreedyLR`` (``"greedy"``), made once so
+    every scheduler is of one class; made on first use so other schedules do not import transformers."""
+    if kind not in _WARMUP_TYPES:
+        _WARMUP_TYPES[kind] = {"plateau": _plateau_type, "greedy": _greedy_type}[kind]()
+    return _WARMUP_TYPES[kind]
+
+
+def get_reduce_on_plateau_schedule(optimizer: Optimizer, num_warmup_steps: int = 0, **kwargs: Any) -> Any:
+    """torch's ``ReduceLROnPlateau``; with ``num_warmup_steps`` a linear warm-up first (the Trainer's
+    ``warmup_steps``, which transformers' own ``reduce_lr_on_plateau`` ignores)."""
+    if not num_warmup_steps:
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+        return ReduceLROnPlateau(optimizer, **kwargs)
+    return warmup_type("plateau")(optimizer, num_warmup_steps, **kwargs)
+
+
+def get_greedy_schedule(optimizer: Optimizer, num_warmup_steps: int = 0, **kwargs: Any) -> Any:
+    """transformers' ``GreedyLR``; with ``num_warmup_steps`` a linear warm-up first."""
+    if not num_warmup_steps:
+        from transformers.optimization import GreedyLR
+
+        return GreedyLR(optimizer, **kwargs)
+    return warmup_type("greedy")(optimizer, num_warmup_steps, **kwargs)

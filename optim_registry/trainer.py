@@ -23,7 +23,7 @@ from .build import decay_names_override
 from .catalog import optimizers
 from .checkpoints import CheckpointMixin
 from .distributed import check_distributed
-from .schedulers import check_scheduler_args, create_scheduler, schedulers
+from .schedulers import check_kwargs_json, check_scheduler_args, create_scheduler, schedulers
 
 _HF_OPTIMS = {m.value for m in HFOptimizerNames}
 _HF_SCHEDULERS = {m.value for m in SchedulerType}
@@ -130,6 +130,7 @@ class RegistryArgumentsMixin:
         schedulers.check_name(sched)
         # Before the parent's set-up, which imports deepspeed when configured: refuse early.
         check_distributed(optimizers.get(optim), self)
+        check_kwargs_json(self)
         # The parent validates against transformers' closed enums: show it a name it knows, then
         # put ours back.
         self.optim = optim if optim in _HF_OPTIMS else HFOptimizerNames.ADAMW_TORCH.value
@@ -213,6 +214,7 @@ class OptimRegistryMixin(CheckpointMixin):
         return [group["params"] for group in self.optimizer.param_groups]
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self._check_scheduler_before_build(num_training_steps)
         with build.training_steps(num_training_steps):
             super().create_optimizer_and_scheduler(num_training_steps)  # type: ignore[misc]
 
@@ -220,6 +222,8 @@ class OptimRegistryMixin(CheckpointMixin):
         fresh = self.optimizer is None and self.optimizer_cls_and_kwargs is None
         opt_model = self.model if model is None else model
         spec = None
+        if self.optimizer is None:
+            self._check_scheduler_before_build()
         if fresh:
             validate_training_args(self.args)
             spec = build.spec_for(_plain(self.args.optim))
@@ -231,6 +235,14 @@ class OptimRegistryMixin(CheckpointMixin):
             optimizer = super().create_optimizer(model)  # type: ignore[misc]
         self._install_protocols(unwrap_optimizer(self.optimizer))
         return self.optimizer
+
+    def _check_scheduler_before_build(self, num_training_steps: int | None = None) -> None:
+        """The scheduler's whole check (keys it does not take, phases longer than the run), before any
+        optimizer exists: one refused afterwards would leave the optimizer's hooks on the model."""
+        if self.lr_scheduler is None:
+            state_steps = int(getattr(getattr(self, "state", None), "max_steps", 0) or 0)
+            total = num_training_steps or (state_steps if state_steps > 0 else None)
+            check_scheduler_args(self.args, total, strict=True)
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.lr_scheduler is None:

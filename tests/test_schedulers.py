@@ -14,7 +14,7 @@ from transformers.optimization import get_scheduler
 from transformers.trainer_utils import SchedulerType
 
 from optim_registry import TrainingArguments, create_scheduler, register_scheduler
-from optim_registry.schedulers import parse_scheduler_kwargs, schedulers
+from optim_registry.schedulers import check_scheduler_args, parse_scheduler_kwargs, schedulers
 
 N, W, LR, LR2 = 20, 3, 0.1, 0.01
 
@@ -103,9 +103,10 @@ def test_transformers_names_match_get_scheduler(name):
 def test_metric_driven_names_match_transformers(name):
     kwargs = METRIC_CASES[name]
     metrics = [1.0, 0.9, 0.95, 0.96, 0.97, 0.5, 0.4, 0.6, 0.7, 0.8]
-    opt, sched = ours(name, kwargs, eval_strategy="steps", eval_steps=1)
+    # Without a warm-up: transformers ignores warmup_steps for these names, ours warms up (test_trust_schedulers).
+    opt, sched = ours(name, kwargs, warmup=0, eval_strategy="steps", eval_steps=1)
     ref_opt = two_groups()
-    ref = get_scheduler(name, ref_opt, num_warmup_steps=W, num_training_steps=N, scheduler_specific_kwargs=kwargs)
+    ref = get_scheduler(name, ref_opt, num_warmup_steps=0, num_training_steps=N, scheduler_specific_kwargs=kwargs)
     got = curve(opt, sched, len(metrics), metrics)
     assert_curves(got, curve(ref_opt, ref, len(metrics), metrics))
     assert len({g[0] for g in got}) > 2, got  # the rate moved with the metrics
@@ -236,7 +237,7 @@ def test_wsd_ratios_equal_counts():
     ("decay_ratio=0.1,num_decay_steps=3", "both 'num_decay_steps' and 'decay_ratio'"),
     ("decay_ratio=0.1,num_stable_steps=3,stable_ratio=0.5", "both 'num_stable_steps' and 'stable_ratio'"),
     (None, "needs the length of its decay phase.*decay_ratio"),
-    ("decay_ratio=1.5", "'decay_ratio' is a fraction"),
+    ("decay_ratio=1.5", r"'decay_ratio': 1.5 is out of range; valid range \[0, 1\]"),
 ])
 def test_wsd_refusals_when_arguments_are_created(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -267,9 +268,8 @@ def test_kwargs_types_per_option():
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    ("rex", "min_lr_rati=0.1", r"key 'min_lr_rati' is not accepted by lr_scheduler_type='rex'.*Did you mean 'min_lr_ratio'"),
-    ("cosine_with_min_lr", {"min_lr_rat": 0.1}, r"'min_lr_rat'.*\(closest first\): min_lr_rate, "),
-    ("linear", "num_cycles=2", r"'num_cycles' is not accepted by lr_scheduler_type='linear'.*\(none\)"),
+    # refused at creation although the key is unknown: the required min_lr / min_lr_rate is missing too
+    ("cosine_with_min_lr", {"min_lr_rat": 0.1}, r"'min_lr_rat'.*\(closest first\): min_lr_rate, .*Without it.*needs"),
     ("step", "step_size=abc", r"key 'step_size': 'abc' is not a valid integer"),
     ("step", {"step_size": 2.5}, r"key 'step_size': 2.5 is not a valid integer"),
     ("multistep", "milestones=(a,b)", r"key 'milestones'.*tuple of integers"),
@@ -284,11 +284,25 @@ def test_kwargs_types_per_option():
      r"'cosine_warmup_with_min_lr': lr_scheduler_kwargs sets both 'min_lr' and 'min_lr_rate'"),
     ("step", None, r"needs lr_scheduler_kwargs step_size"),
     ("multistep", "gamma=0.5", r"needs lr_scheduler_kwargs milestones"),
-    ("rex", "min_lr_ratio=2", r"'min_lr_ratio' is a fraction"),
+    ("rex", "min_lr_ratio=2", r"'min_lr_ratio': 2.0 is out of range; valid range \[0, 1\]"),
 ])
 def test_bad_kwargs_refused_naming_the_key(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
         targs(name, kwargs, eval_strategy="steps", eval_steps=1)
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("rex", "min_lr_rati=0.1", r"key 'min_lr_rati' is not accepted by lr_scheduler_type='rex'.*Did you mean 'min_lr_ratio'"),
+    ("linear", "num_cycles=2", r"'num_cycles' is not accepted by lr_scheduler_type='linear'.*\(closest first\): last_epoch$"),
+])
+def test_unknown_keys_refused_when_training_starts(name, kwargs, message):
+    """The stock class accepts any key when the arguments are created (set_lr_scheduler may still change the
+    scheduler); the Trainer refuses it before building the optimizer, and so does create_scheduler."""
+    a = targs(name, kwargs)
+    with pytest.raises(ValueError, match=message):
+        check_scheduler_args(a, N, strict=True)
+    with pytest.raises(ValueError, match=message):
+        create_scheduler(a, two_groups(), N)
 
 
 def test_option_defaults_equal_signature_defaults():
@@ -410,12 +424,13 @@ def test_register_scheduler_class_typed_from_signature():
     register_scheduler("t_halving", Halving)
     try:
         spec = schedulers.get("t_halving")
-        assert {o.name: (o.type, o.default) for o in spec.options} == {"every": ("int", 2), "floor": ("float", 0.0)}
+        assert {o.name: (o.type, o.default) for o in spec.options} == {"every": ("int", 2), "floor": ("float", 0.0),
+                                                                        "last_epoch": ("int", -1)}
         assert spec.takes == frozenset() and spec.description.startswith("Halves the rate")
         opt, sched = ours("t_halving", "every=3,floor=1e-3")
         assert_curves(curve(opt, sched, 8), [[max(1e-3, lr * 0.5 ** (s // 3)) for lr in (LR, LR2)] for s in range(8)])
         with pytest.raises(ValueError, match=r"'evry' is not accepted by lr_scheduler_type='t_halving'.*'every'"):
-            targs("t_halving", "evry=3")
+            check_scheduler_args(targs("t_halving", "evry=3"), strict=True)
         with pytest.raises(ValueError, match=r"key 'every': '1.5' is not a valid integer"):
             targs("t_halving", "every=1.5")
     finally:
@@ -433,7 +448,7 @@ def test_register_scheduler_function_decorator():
         opt, sched = ours("t_linear_floor", {"floor": "0.5"}, total=10)
         assert_follows(curve(opt, sched, 10), [max(0.5, 1 - s / 10) for s in range(10)])
         with pytest.raises(ValueError, match=r"'flor'.*Did you mean 'floor'"):
-            targs("t_linear_floor", "flor=0.5")
+            check_scheduler_args(targs("t_linear_floor", "flor=0.5"), strict=True)
         from optim_registry.registry import PluginError
 
         with pytest.raises(PluginError, match="'cosine' is built in"):
@@ -489,7 +504,7 @@ def test_entry_point_group_is_loaded_lazily(tmp_path, monkeypatch):
         opt, sched = ours("t_ep_sched", "scale=0.5")
         assert_follows(curve(opt, sched, 3), [0.5] * 3)
         with pytest.raises(ValueError, match="'scal'.*'scale'"):
-            targs("t_ep_sched", "scal=0.5")
+            check_scheduler_args(targs("t_ep_sched", "scal=0.5"), strict=True)
     finally:
         monkeypatch.undo()
         sys.modules.pop("t_sched_plugin_mod", None)
