@@ -201,15 +201,17 @@ def _rates(kwargs: dict[str, Any], key: str, default: float, *, name: str, posit
     value = kwargs.get(key, default)
     many = isinstance(value, (list, tuple))
     numbers = list(value) if many else [value]
-    where = f"lr_scheduler_type={name!r}: lr_scheduler_kwargs key {key!r}"
+    where = f"lr_scheduler_type={name!r}: lr_scheduler_kwargs"
     bound = "> 0" if positive else ">= 0"
     if not numbers or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
-        raise ValueError(f"{where}: {value!r} is not a rate or a tuple of rates (one per param group), e.g. 1e-5")
+        raise ValueError(
+            f"{where} key {key!r}: {value!r} is not a rate or a tuple of rates (one per param group), e.g. 1e-5"
+        )
     for number in numbers:
         if not math.isfinite(number):
-            raise ValueError(f"{where}: {number!r} is not a finite number; valid range {bound}")
+            raise ValueError(f"{where} {key}={value!r} is not a finite number (key {key!r}, valid range {bound})")
         if number < 0 or (positive and number == 0):
-            raise ValueError(f"{where}: {value!r} is out of range; valid range {bound}")
+            raise ValueError(f"{where} {key}={value!r} is out of range (key {key!r}, valid range {bound})")
     if key in kwargs:  # typed: torch and GreedyLR take a float, or a list with one per param group
         kwargs[key] = [float(v) for v in numbers] if many else float(value)
     return [float(v) for v in numbers]
@@ -322,8 +324,8 @@ BUILTIN = (
             opt("threshold_mode", "str", "abs", "rel or abs", choices=("rel", "abs")),
             opt("cooldown", "int", 0, "evaluations to wait after a decrease", **_NON_NEGATIVE),
             opt("warmup", "int", 0, "evaluations to wait after an increase", **_NON_NEGATIVE),
-            opt("min_lr", "any", 1e-3, "lowest learning rate (>= 0), or one per param group"),
-            opt("max_lr", "any", 1.0, "highest learning rate (> 0), or one per param group"),
+            opt("min_lr", "any", 1e-3, "lowest learning rate (>= 0), or one per param group", low=0),
+            opt("max_lr", "any", 1.0, "highest learning rate (> 0), or one per param group", low=0, low_open=True),
             opt("eps", "float", 1e-8, "smallest change applied", **_NON_NEGATIVE),
             opt("smooth", "bool", False, "smooth the metric with a moving window"),
             opt("window_size", "int", 50, "window of the smoothing", low=1),
@@ -359,7 +361,7 @@ BUILTIN = (
             opt("threshold", "float", 1e-4, "relative improvement that counts", **_NON_NEGATIVE),
             opt("threshold_mode", "str", "rel", "rel or abs", choices=("rel", "abs")),
             opt("cooldown", "int", 0, "evaluations to wait after a decrease", **_NON_NEGATIVE),
-            opt("min_lr", "any", 0.0, "lowest learning rate (>= 0, at most the rate), or one per param group"),
+            opt("min_lr", "any", 0.0, "lowest learning rate (>= 0, at most the rate), or one per param group", low=0),
             opt("eps", "float", 1e-8, "smallest change applied", **_NON_NEGATIVE),
         ),
         check=_check_plateau,

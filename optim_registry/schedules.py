@@ -194,7 +194,7 @@ def get_polynomial_schedule(
     if lr_init is None:
         lr_init = optimizer.defaults["lr"]
     if not power > 0:  # power <= 0 divides by zero at the end of the decay
-        raise ValueError(f"lr_scheduler_kwargs key 'power': {power!r} is out of range; valid range > 0")
+        raise ValueError(f"lr_scheduler_kwargs power={power!r} is out of range (key 'power', valid range > 0)")
     if not lr_init > lr_end:
         raise ValueError(
             f"lr_scheduler_kwargs key 'lr_end' ({lr_end}) must be smaller than the learning rate ({lr_init})"
@@ -271,7 +271,7 @@ def wsd_phase_steps(
 
 def _check_gamma(gamma: float) -> None:
     if not (gamma > 0 and math.isfinite(gamma)):  # 0 stops training at the first drop, < 0 flips the sign
-        raise ValueError(f"lr_scheduler_kwargs key 'gamma': {gamma!r} is out of range; valid range > 0")
+        raise ValueError(f"lr_scheduler_kwargs gamma={gamma!r} is out of range (key 'gamma', valid range > 0)")
 
 
 def _check_ratio(key: str, value: Any) -> None:

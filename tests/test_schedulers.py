@@ -237,7 +237,7 @@ def test_wsd_ratios_equal_counts():
     ("decay_ratio=0.1,num_decay_steps=3", "both 'num_decay_steps' and 'decay_ratio'"),
     ("decay_ratio=0.1,num_stable_steps=3,stable_ratio=0.5", "both 'num_stable_steps' and 'stable_ratio'"),
     (None, "needs the length of its decay phase.*decay_ratio"),
-    ("decay_ratio=1.5", r"'decay_ratio': 1.5 is out of range; valid range \[0, 1\]"),
+    ("decay_ratio=1.5", r"decay_ratio=1.5 is out of range \(key 'decay_ratio', valid range \[0, 1\]"),
 ])
 def test_wsd_refusals_when_arguments_are_created(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -284,7 +284,7 @@ def test_kwargs_types_per_option():
      r"'cosine_warmup_with_min_lr': lr_scheduler_kwargs sets both 'min_lr' and 'min_lr_rate'"),
     ("step", None, r"needs lr_scheduler_kwargs step_size"),
     ("multistep", "gamma=0.5", r"needs lr_scheduler_kwargs milestones"),
-    ("rex", "min_lr_ratio=2", r"'min_lr_ratio': 2.0 is out of range; valid range \[0, 1\]"),
+    ("rex", "min_lr_ratio=2", r"min_lr_ratio=2.0 is out of range \(key 'min_lr_ratio', valid range \[0, 1\]"),
 ])
 def test_bad_kwargs_refused_naming_the_key(name, kwargs, message):
     with pytest.raises(ValueError, match=message):

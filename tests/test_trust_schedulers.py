@@ -105,7 +105,7 @@ def test_last_epoch_starts_the_schedule_after_that_step(name):
 def test_last_epoch_refused_where_the_scheduler_does_not_take_it():
     with pytest.raises(ValueError, match="'last_epoch' is not accepted by lr_scheduler_type='reduce_lr_on_plateau'"):
         check_scheduler_args(targs("reduce_lr_on_plateau", "last_epoch=3", **EVAL), N, strict=True)
-    with pytest.raises(ValueError, match=r"'last_epoch': -2 is out of range; valid range >= -1"):
+    with pytest.raises(ValueError, match=r"last_epoch=-2 is out of range \(key 'last_epoch', valid range >= -1"):
         targs("linear", "last_epoch=-2")
 
 
@@ -129,23 +129,23 @@ REFUSED = [
      r"warm-up \(3\) \+ stable \(10\) \+ decay \(10\) = 23 steps exceed the 20 training steps"),
     ("polynomial", "lr_end=0.2", {}, r"'lr_end' \(0.2\) is above the learning rate \(0.1\).*valid range \[0, 0.1\)"),
     ("polynomial", "lr_end=0.1", {}, r"'lr_end' \(0.1\) is above the learning rate \(0.1\).*valid range \[0, 0.1\)"),
-    ("polynomial", "lr_end=-1e-3", {}, r"'lr_end': -0.001 is out of range; valid range >= 0"),
-    ("polynomial", "power=-1", {}, r"'power': -1.0 is out of range; valid range > 0"),
-    ("polynomial", "power=0", {}, r"'power': 0.0 is out of range; valid range > 0"),
-    ("inverse_sqrt", "timescale=0", {}, r"'timescale': 0.0 is out of range; valid range > 0"),
-    ("inverse_sqrt", "timescale=-5", {}, r"'timescale': -5.0 is out of range; valid range > 0"),
-    ("cosine", "num_cycles=-0.5", {}, r"'num_cycles': -0.5 is out of range; valid range >= 0"),
-    ("cosine", "num_cycles=nan", {}, r"'num_cycles': nan is not a finite number; valid range >= 0"),
-    ("cosine_with_restarts", "num_cycles=-1", {}, r"'num_cycles': -1.0 is out of range; valid range >= 0"),
-    ("warmup_stable_decay", "decay_ratio=0.1,num_cycles=nan", {}, r"'num_cycles': nan is not a finite number"),
+    ("polynomial", "lr_end=-1e-3", {}, r"lr_end=-0.001 is out of range \(key 'lr_end', valid range >= 0"),
+    ("polynomial", "power=-1", {}, r"power=-1.0 is out of range \(key 'power', valid range > 0"),
+    ("polynomial", "power=0", {}, r"power=0.0 is out of range \(key 'power', valid range > 0"),
+    ("inverse_sqrt", "timescale=0", {}, r"timescale=0.0 is out of range \(key 'timescale', valid range > 0"),
+    ("inverse_sqrt", "timescale=-5", {}, r"timescale=-5.0 is out of range \(key 'timescale', valid range > 0"),
+    ("cosine", "num_cycles=-0.5", {}, r"num_cycles=-0.5 is out of range \(key 'num_cycles', valid range >= 0"),
+    ("cosine", "num_cycles=nan", {}, r"num_cycles=nan is not a finite number \(key 'num_cycles', valid range >= 0"),
+    ("cosine_with_restarts", "num_cycles=-1", {}, r"num_cycles=-1.0 is out of range \(key 'num_cycles', valid range >= 0"),
+    ("warmup_stable_decay", "decay_ratio=0.1,num_cycles=nan", {}, r"num_cycles=nan is not a finite number"),
     ("cosine_with_min_lr", "min_lr=0.5", {}, r"'min_lr' \(0.5\) is above the learning rate \(0.1\).*\[0, 0.1\]"),
-    ("cosine_warmup_with_min_lr", "min_lr=-1e-4", {}, r"'min_lr': -0.0001 is out of range; valid range >= 0"),
-    ("cosine_with_min_lr", "min_lr_rate=1.5", {}, r"'min_lr_rate': 1.5 is out of range; valid range \[0, 1\]"),
+    ("cosine_warmup_with_min_lr", "min_lr=-1e-4", {}, r"min_lr=-0.0001 is out of range \(key 'min_lr', valid range >= 0"),
+    ("cosine_with_min_lr", "min_lr_rate=1.5", {}, r"min_lr_rate=1.5 is out of range \(key 'min_lr_rate', valid range \[0, 1\]"),
     ("reduce_lr_on_plateau", "min_lr=1", EVAL, r"'min_lr' \(1\) is above the learning rate \(0.1\)"),
-    ("reduce_lr_on_plateau", "factor=1.5", EVAL, r"'factor': 1.5 is out of range; valid range \[0, 1\)"),
-    ("step", "step_size=2,gamma=0", {}, r"'gamma': 0.0 is out of range; valid range > 0"),
-    ("step", "step_size=2,gamma=-0.5", {}, r"'gamma': -0.5 is out of range; valid range > 0"),
-    ("multistep", "milestones=(5,10),gamma=0", {}, r"'gamma': 0.0 is out of range; valid range > 0"),
+    ("reduce_lr_on_plateau", "factor=1.5", EVAL, r"factor=1.5 is out of range \(key 'factor', valid range \[0, 1\)"),
+    ("step", "step_size=2,gamma=0", {}, r"gamma=0.0 is out of range \(key 'gamma', valid range > 0"),
+    ("step", "step_size=2,gamma=-0.5", {}, r"gamma=-0.5 is out of range \(key 'gamma', valid range > 0"),
+    ("multistep", "milestones=(5,10),gamma=0", {}, r"gamma=0.0 is out of range \(key 'gamma', valid range > 0"),
     ("one_cycle", "pct_start=0.3", {}, r"two warm-ups: lr_scheduler_kwargs pct_start=0.3 and .*warmup_steps"),
     ("cosine_with_warmup_restarts", "cycle_warmup_steps=2", {},
      r"warm-up of 3 steps from TrainingArguments \(warmup_steps\) and 2 per cycle"),
@@ -156,11 +156,11 @@ REFUSED = [
      r"warm-up of 5 steps per cycle fills the whole cycle of 5 steps.*valid range \[0, 4\]"),
     ("cosine_with_warmup_restarts", "num_cycles=30", {"max_steps": N, "warmup_steps": 0},
      r"'num_cycles' \(30\) is more than the 20 training steps; valid range \[1, 20\]"),
-    ("rex", "min_lr_ratio=inf", {}, r"'min_lr_ratio': inf is not a finite number; valid range \[0, 1\]"),
-    ("greedy", "max_lr=inf", EVAL, r"'max_lr': inf is not a finite number; valid range > 0"),
-    ("greedy", "factor=0", EVAL, r"'factor': 0.0 is out of range; valid range \(0, 1\)"),
+    ("rex", "min_lr_ratio=inf", {}, r"min_lr_ratio=inf is not a finite number \(key 'min_lr_ratio', valid range \[0, 1\]"),
+    ("greedy", "max_lr=inf", EVAL, r"max_lr=inf is not a finite number \(key 'max_lr', valid range > 0"),
+    ("greedy", "factor=0", EVAL, r"factor=0.0 is out of range \(key 'factor', valid range \(0, 1\)"),
     ("greedy", "min_lr=0.5,max_lr=0.1", EVAL, r"'min_lr' \(0.5\) is above 'max_lr' \(0.1\)"),
-    ("one_cycle", "div_factor=0", {"warmup_steps": 0}, r"'div_factor': 0.0 is out of range; valid range > 0"),
+    ("one_cycle", "div_factor=0", {"warmup_steps": 0}, r"div_factor=0.0 is out of range \(key 'div_factor', valid range > 0"),
 ]
 
 
@@ -308,11 +308,11 @@ def test_metric_driven_warmup_in_a_trainer_run(tmp_path, optim, sched):
 def test_schedule_functions_called_directly_refuse_what_would_divide_by_zero_mid_run():
     from optim_registry.schedules import get_multistep_schedule, get_polynomial_schedule, get_step_schedule
 
-    with pytest.raises(ValueError, match=r"'power': -1 is out of range; valid range > 0"):
+    with pytest.raises(ValueError, match=r"power=-1 is out of range \(key 'power', valid range > 0"):
         get_polynomial_schedule(sgd(), 0, N, power=-1)
-    with pytest.raises(ValueError, match=r"'gamma': 0 is out of range; valid range > 0"):
+    with pytest.raises(ValueError, match=r"gamma=0 is out of range \(key 'gamma', valid range > 0"):
         get_step_schedule(sgd(), 0, N, step_size=2, gamma=0)
-    with pytest.raises(ValueError, match=r"'gamma': -0.5 is out of range"):
+    with pytest.raises(ValueError, match=r"gamma=-0.5 is out of range"):
         get_multistep_schedule(sgd(), 0, N, milestones=(3,), gamma=-0.5)
 
 
@@ -346,11 +346,11 @@ def test_per_group_bounds_of_metric_driven_schedulers_are_accepted(name, kwargs)
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    ("reduce_lr_on_plateau", {"min_lr": [1e-3, -1.0]}, r"'min_lr': \[0.001, -1.0\] is out of range; valid range >= 0"),
+    ("reduce_lr_on_plateau", {"min_lr": [1e-3, -1.0]}, r"min_lr=\[0.001, -1.0\] is out of range \(key 'min_lr', valid range >= 0"),
     ("reduce_lr_on_plateau", {"min_lr": [1e-3, 0.5]}, r"'min_lr' \(0.5\) is above the learning rate \(0.1\)"),
     ("reduce_lr_on_plateau", "min_lr=abc", r"'min_lr': 'abc' is not a rate or a tuple of rates"),
     ("greedy", {"min_lr": [1e-3, 1e-4], "max_lr": [1.0, 1.0, 1.0]}, r"'min_lr' has 2 rates and 'max_lr' 3"),
-    ("greedy", {"max_lr": [1.0, 0.0]}, r"'max_lr': \[1.0, 0.0\] is out of range; valid range > 0"),
+    ("greedy", {"max_lr": [1.0, 0.0]}, r"max_lr=\[1.0, 0.0\] is out of range \(key 'max_lr', valid range > 0"),
 ])
 def test_bad_per_group_bounds_refused_when_created(name, kwargs, message):
     with pytest.raises(ValueError, match=message):
