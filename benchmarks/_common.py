@@ -222,3 +222,17 @@ def quiet(transformers: bool = True) -> Iterator[None]:
         if hf_logging is not None:
             hf_logging.set_verbosity(verbosity)
         logging.getLogger().setLevel(root_level)
+
+
+def step_clock() -> Any:
+    """A Trainer callback recording ``time.perf_counter()`` at the end of every optimizer step."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.stamps.append(time.perf_counter())
+
+    return StepClock()

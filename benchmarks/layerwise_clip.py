@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gc
 import tempfile
-import time
 from typing import Any
 
 import _common as C
@@ -40,19 +39,6 @@ RUNS = {
     "layerwise": ("adamw_torch_layerwise", None, 0.0),
     "clip=global": ("adamw_torch_layerwise", "clip=global", 1.0),
 }
-
-
-def _clock() -> Any:
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.stamps.append(time.perf_counter())
-
-    return StepClock()
 
 
 def one_run(run: str, model_kwargs: dict[str, Any], dataset: Any, tmp: str, warmup: int, steps: int) -> dict[str, Any]:
@@ -72,7 +58,7 @@ def one_run(run: str, model_kwargs: dict[str, Any], dataset: Any, tmp: str, warm
     model = demo.build_tiny_llama(seed=0, **model_kwargs)
     trainer = optim_registry.OptimTrainer(model=model, args=args, train_dataset=dataset)
     trainer.remove_callback(PrinterCallback)
-    clock = _clock()
+    clock = C.step_clock()
     trainer.add_callback(clock)
     out = trainer.train()
     deltas = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][max(0, warmup - 1):]

@@ -17,26 +17,12 @@ from __future__ import annotations
 import gc
 import sys
 import tempfile
-import time
 from typing import Any
 
 import _common as C
 
 DEFAULT_OPTIMS = ("adamw_torch", "sgd", "adafactor", "lion_32bit", "adamw_8bit")
 GOAL = 0.98
-
-
-def _clock_callback() -> Any:
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.stamps.append(time.perf_counter())
-
-    return StepClock()
 
 
 def _call_counter(first: int, last: int) -> Any:
@@ -121,7 +107,7 @@ def one_run(side: str, name: str, dataset: Any, tmp: str, warmup: int, steps: in
     """One training run; returns its steps per second from the median step time."""
     trainer = _trainer(side, name, dataset, tmp, warmup + steps)
     model = trainer.model
-    clock = _clock_callback()
+    clock = C.step_clock()
     trainer.add_callback(clock)
     out = trainer.train()
     deltas = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][max(0, warmup - 1):]
