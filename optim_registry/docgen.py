@@ -88,8 +88,9 @@ HPARAM_SOURCES = {
 #: What ``optim-registry compare`` and the snippets use for ``optim_target_modules``.
 DEFAULT_TARGET_MODULES = ("self_attn", "mlp")
 
-_DISTRIBUTED_FIELDS = ("ddp", "fsdp", "zero1", "zero2", "zero3")
-_DISTRIBUTED_TITLES = {"ddp": "DDP", "fsdp": "FSDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
+_DISTRIBUTED_FIELDS = ("ddp", "fsdp", "fsdp2", "zero1", "zero2", "zero3")
+_DISTRIBUTED_TITLES = {"ddp": "DDP", "fsdp": "FSDP1", "fsdp2": "FSDP2", "zero1": "ZeRO-1", "zero2": "ZeRO-2",
+                       "zero3": "ZeRO-3"}
 _LAYERWISE_DISTRIBUTED = (
     "layer-wise names step each parameter inside backward, before gradients are reduced across processes; "
     "use the whole-model name"
@@ -183,12 +184,27 @@ def distributed_text(spec: OptimizerSpec) -> list[str]:
 
 
 def distributed_summary(spec: OptimizerSpec) -> list[str]:
-    """The supported back-ends on one line, then one line per unsupported one with its reason."""
+    """The supported back-ends on one line, then one line per unsupported one with its reason.
+
+    When FSDP2 is supported, one more line says how it runs and whether it was run here.
+    """
     support = distributed_support(spec)
     yes = [_DISTRIBUTED_TITLES[k] for k, v in support.items() if v is True]
     lines = [f"{', '.join(yes)}: yes"] if yes else []
     lines += [f"{_DISTRIBUTED_TITLES[k]}: no ({v})" for k, v in support.items() if v is not True]
+    if support.get("fsdp2") is True:
+        lines.append(f"FSDP2: {fsdp2_evidence(spec)}")
     return lines
+
+
+def fsdp2_evidence(spec: OptimizerSpec) -> str:
+    """How ``spec`` runs under FSDP2 and whether that combination was trained here."""
+    from .builtin.fsdp2_runs import MATH, REASONED, RUN
+
+    how = MATH[spec.distributed.fsdp2_math]
+    if spec.name in RUN:
+        return f"{how}; run here (2 processes, exact vs one process)"
+    return f"{how}; {REASONED[spec.distributed.fsdp2_math]}"
 
 
 def notes(spec: OptimizerSpec) -> list[str]:
@@ -394,21 +410,34 @@ def render_index(by_family: dict[str, list[OptimizerSpec]], all_names: set[str])
 
 def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
     """The support matrix: one row per whole-model record, reasons as numbered footnotes."""
+    from .builtin import fsdp2_runs
+
     reasons: dict[str, int] = {}
     rows = []
     for s in specs:
         if _is_twin(s, all_names):
             continue
         cells = []
-        for value in distributed_support(s).values():
-            if value is True:
+        for key, value in distributed_support(s).items():
+            if value is True and key == "fsdp2":
+                cells.append(f"{'RUN' if s.name in fsdp2_runs.RUN else 'yes'} ({s.distributed.fsdp2_math})")
+            elif value is True:
                 cells.append("yes")
             else:
                 number = reasons.setdefault(str(value), len(reasons) + 1)
                 cells.append(f"no [{number}]")
         rows.append((f"`{s.name}`", s.family, *cells))
     lines = _table(("name", "family", *(_DISTRIBUTED_TITLES[k] for k in _DISTRIBUTED_FIELDS)), rows)
-    lines += ["", f"Every `*_layerwise` name: single process only ({_LAYERWISE_DISTRIBUTED}).", ""]
+    lines += [
+        "",
+        "FSDP2 cells: **RUN** = trained here under FSDP2 (2 CPU processes, gloo, torchrun; `tests/test_fsdp2.py`) "
+        "and equal to one process on the same batch; **yes** = supported, not run here, reasoned from how it "
+        "runs. In brackets, how it runs: "
+        + "; ".join(f"`{k}` = {v}" for k, v in fsdp2_runs.MATH.items()) + ".",
+        "",
+        f"Every `*_layerwise` name: single process only ({_LAYERWISE_DISTRIBUTED}).",
+        "",
+    ]
     lines += [f"{n}. {text}" for text, n in reasons.items()]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -299,11 +299,14 @@ class OwnerStepped(Optimizer):
             for j, t in full.items():
                 self._shadow[idx[j]].copy_(t)
 
-    def _sync_hyperparameters(self) -> None:
+    def _sync_groups(self, into_library: bool) -> None:
+        """Keep both sets of groups alike: the scheduler writes the outer ones, some libraries count
+        steps in their own (``group["step"]``), so values go in before a step and come back after."""
         for outer, inner in zip(self.param_groups, self.inner.param_groups, strict=True):
-            for key, value in outer.items():
+            src, dst = (outer, inner) if into_library else (inner, outer)
+            for key, value in src.items():
                 if key != "params":
-                    inner[key] = value
+                    dst[key] = value
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -312,7 +315,7 @@ class OwnerStepped(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._sync_hyperparameters()
+        self._sync_groups(into_library=True)
         real = [p for g in self.param_groups for p in g["params"]]
         if not self.__dict__.get("_overrides_carried"):
             _carry_bnb_overrides(real, self._shadow)
@@ -334,6 +337,7 @@ class OwnerStepped(Optimizer):
             if i not in self._owner:
                 self._shadow[i].grad = p.grad  # the replicated parameter is its own shadow
         self.inner.step()
+        self._sync_groups(into_library=False)
         results = {j: self._shadow[idx[j]] for j in range(n) if j in full}
         new = scatter_from_owners(results, layouts, owners, [real[i].to_local() for i in idx])
         for j, i in enumerate(idx):

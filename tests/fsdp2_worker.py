@@ -1,12 +1,13 @@
 """Run under torchrun: each named optimizer on an FSDP2-sharded tiny Llama against one process on the same batch.
 
-Usage: torchrun --nproc_per_node 2 tests/fsdp2_worker.py OUT_JSON name[:optim_args] ...
+Usage: torchrun --nproc_per_node 2 tests/fsdp2_worker.py OUT_JSON name[:optim_args] ... [muon@shardwise]
 
 Every rank trains on the same batch, so FSDP2's averaged gradient equals one process's bit for bit and
 any difference in the weights comes from the optimizer. For each name rank 0 first steps an unsharded
 copy (same seed, same batch) with the same optimizer, then both ranks step the sharded model built with
 ``optim_registry.create_optimizer``; rank 0 writes one JSON record per name: ``ok`` with the largest
 weight difference, ``refused`` with the ValueError's message, or ``error`` with any other exception.
+``muon@shardwise`` (last: it patches the sharded path) is the negative control, Newton-Schulz on shards.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     for item in specs:
         name, _, optim_args = item.partition(":")
+        label = name
+        name, _, control = name.partition("@")
         started = time.perf_counter()
         spec = optimizers.get(name)
         with one_process_env():
@@ -88,29 +91,34 @@ def main() -> None:
                 reference = {n: p.detach().clone() for n, p in model.named_parameters()}
             except Exception as exc:  # noqa: BLE001 - recorded, the test reports it
                 reference = f"{type(exc).__name__}: {exc}"
+        if control == "shardwise":
+            # The negative control: Newton-Schulz on each rank's rows, as a naive port would do.
+            import optim_registry.sharded as sharded
+
+            sharded.whole_matrix_map = lambda ts, fn, out_dtype=None: [fn(t.to_local()) for t in ts]
         model = shard(tiny_model(vocab_size=VOCAB), mesh)
         start = {n: p.full_tensor().clone() for n, p in model.named_parameters()}
         try:
             optimizer = create_optimizer(args, model)
         except ValueError as exc:
-            results[name] = {"status": "refused", "error": str(exc)}
+            results[label] = {"status": "refused", "error": str(exc)}
             continue
         except Exception as exc:  # noqa: BLE001
-            results[name] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            results[label] = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
             continue
         try:
             train(model, optimizer, batch, spec.protocol)
         except Exception as exc:  # noqa: BLE001
-            results[name] = {"status": "error", "error": f"{type(exc).__name__} in step: {exc}"}
+            results[label] = {"status": "error", "error": f"{type(exc).__name__} in step: {exc}"}
             continue
         final = {n: p.full_tensor() for n, p in model.named_parameters()}
         if rank == 0:
             if isinstance(reference, str):
-                results[name] = {"status": "error", "error": "one process: " + reference}
+                results[label] = {"status": "error", "error": "one process: " + reference}
                 continue
             diff = max((final[n] - reference[n]).abs().max().item() for n in final)
             moved = sum(not torch.equal(final[n], start[n]) for n in final)
-            results[name] = {"status": "ok", "max_diff": diff, "moved": moved, "params": len(final),
+            results[label] = {"status": "ok", "max_diff": diff, "moved": moved, "params": len(final),
                              "wrapped": type(optimizer).__name__, "seconds": time.perf_counter() - started}
     if rank == 0:
         with open(out, "w") as f:
