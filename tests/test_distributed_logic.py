@@ -51,10 +51,12 @@ def test_layerwise_is_refused_for_every_sharded_backend():
                           deepspeed={"zero_optimization": {"stage": 3}})
 
 
-def test_layerwise_refused_under_ddp_at_arguments_creation(monkeypatch):
+def test_layerwise_accepted_under_ddp_at_arguments_creation(monkeypatch):
+    # Stepped from DDP's communication hook once each bucket is averaged (optim_registry.layerwise_ddp).
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match=r"before DDP has averaged its gradient.*'adamw_torch'"):
-        check_distributed(optimizers.get("adamw_torch_layerwise"), Args())
+    assert check_distributed(optimizers.get("adamw_torch_layerwise"), Args()).kind == "ddp"
+    with pytest.raises(ValueError, match=r"'lomo' does not support DDP.*before DDP has averaged"):
+        check_distributed(optimizers.get("lomo"), Args())
 
 
 def test_every_record_declares_its_support():

@@ -172,3 +172,43 @@ def test_owner_assignment_balances_by_global_size():
     load = [sum(torch.Size(s).numel() for s, o in zip(shapes, owners) if o == r) for r in (0, 1)]
     assert owners[0] == 0 and abs(load[0] - load[1]) <= 16 * 16, (owners, load)
     assert assign_owners(layouts) == owners  # every rank computes the same
+
+
+# --- layer-wise under DDP: stepped from DDP's communication hook -------------------------------------------
+
+LAYERWISE_WORKER = Path(__file__).with_name("ddp_layerwise_worker.py")
+LAYERWISE_BASES = ["adamw_torch", "galore_adamw:rank=4,update_proj_gap=2"]
+
+
+@pytest.fixture(scope="module")
+def layerwise_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_layerwise") / "results.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    bases = [b for b in LAYERWISE_BASES if _installed(b)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(LAYERWISE_WORKER), str(out), *bases]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text()), bases
+
+
+def test_layerwise_under_ddp_equals_the_whole_model_run(layerwise_run):
+    results, bases = layerwise_run
+    assert len(bases) == len(LAYERWISE_BASES)  # a full dev install runs both
+    for base in bases:
+        for ga in (1, 2):
+            r = results[f"{base.partition(':')[0]}_layerwise/ga{ga}"]
+            assert r["ranks"] == 0.0, r  # every rank applied the same averaged update
+            assert r["vs_whole"] < 1e-5, r
+            assert r["moved"] == r["params"], r
+
+
+def test_layerwise_under_ddp_through_the_trainer(layerwise_run):
+    results, _ = layerwise_run
+    r = results["trainer/adamw_torch_layerwise/ga2"]
+    assert r["ranks"] == 0.0 and r["vs_whole"] < 1e-5 and r["moved"] == r["params"], r
+
+
+def test_layerwise_on_ddp_without_the_hook_refuses_instead_of_drifting(layerwise_run):
+    results, _ = layerwise_run
+    assert "attach_ddp" in (results["unattached"]["error"] or ""), results["unattached"]

@@ -52,13 +52,11 @@ def family_records() -> list[OptimizerSpec]:
 
 def layerwise_variant(spec: OptimizerSpec) -> OptimizerSpec:
     """``<name>_layerwise``: the same optimizer, each parameter stepped inside backward."""
-    early = (
-        f"each parameter is stepped inside backward, before DDP has averaged its gradient across "
-        f"processes; use the whole-model name {spec.name!r} for distributed runs"
-    )
+    # DDP: stepped from DDP's communication hook once each gradient bucket is averaged (layerwise_ddp).
+    ddp = spec.distributed.ddp
     sharded = f"each parameter is stepped inside backward on unsharded gradients; use {spec.name!r}"
     return spec.variant(
-        distributed=Distributed(ddp=early, fsdp=sharded, zero1=sharded, zero2=sharded, zero3=sharded,
+        distributed=Distributed(ddp=ddp, fsdp=sharded, zero1=sharded, zero2=sharded, zero3=sharded,
                                 fsdp2=sharded),
         name=spec.name + LAYERWISE_SUFFIX,
         description=f"{spec.description} Layer-wise: each parameter is stepped inside backward, so the "
