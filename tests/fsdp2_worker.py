@@ -5,7 +5,8 @@ Usage: torchrun --nproc_per_node 2 tests/fsdp2_worker.py OUT_JSON name[:optim_ar
 Every rank trains on the same batch, so FSDP2's averaged gradient equals one process's bit for bit and
 any difference in the weights comes from the optimizer. For each name rank 0 first steps an unsharded
 copy (same seed, same batch) with the same optimizer, then both ranks step the sharded model built with
-``optim_registry.create_optimizer``; rank 0 writes one JSON record per name: ``ok`` with the largest
+``optim_registry.create_optimizer`` (3 steps, a state_dict round trip, 1 more step from the loaded
+state); rank 0 writes one JSON record per name: ``ok`` with the largest
 weight difference, ``refused`` with the ValueError's message, or ``error`` with any other exception.
 ``muon@shardwise`` (last: it patches the sharded path) is the negative control, Newton-Schulz on shards.
 """
@@ -49,10 +50,10 @@ def shard(model: Any, mesh: Any) -> Any:
     return model
 
 
-def train(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], protocol: str) -> None:
+def train(model: Any, optimizer: Any, batch: dict[str, torch.Tensor], protocol: str, steps: int = STEPS) -> None:
     if protocol == "train_eval":
         optimizer.train()
-    for _ in range(STEPS):
+    for _ in range(steps):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -65,7 +66,7 @@ def main() -> None:
 
     from optim_registry import create_optimizer
     from optim_registry.catalog import optimizers
-    from optim_registry.testing import TokenDataset, tiny_model, training_args
+    from optim_registry.testing import TokenDataset, state_round_trip, tiny_model, training_args
 
     torch.set_num_threads(1)
     out, specs = sys.argv[1], sys.argv[2:]
@@ -87,7 +88,9 @@ def main() -> None:
         if rank == 0:
             model = tiny_model(vocab_size=VOCAB)
             try:
-                train(model, create_optimizer(args, model), batch, spec.protocol)
+                optimizer = create_optimizer(args, model)
+                train(model, optimizer, batch, spec.protocol)
+                train(model, optimizer, batch, spec.protocol, steps=1)
                 reference = {n: p.detach().clone() for n, p in model.named_parameters()}
             except Exception as exc:  # noqa: BLE001 - recorded, the test reports it
                 reference = f"{type(exc).__name__}: {exc}"
@@ -111,6 +114,10 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001
             results[label] = {"status": "error", "error": f"{type(exc).__name__} in step: {exc}"}
             continue
+        # Each rank's part of the state through torch.save / torch.load(weights_only=True) and back, then
+        # one more step from the loaded state: a resume must continue exactly.
+        round_trip, why = state_round_trip(optimizer)
+        train(model, optimizer, batch, spec.protocol, steps=1)
         final = {n: p.full_tensor() for n, p in model.named_parameters()}
         if rank == 0:
             if isinstance(reference, str):
@@ -119,7 +126,8 @@ def main() -> None:
             diff = max((final[n] - reference[n]).abs().max().item() for n in final)
             moved = sum(not torch.equal(final[n], start[n]) for n in final)
             results[label] = {"status": "ok", "max_diff": diff, "moved": moved, "params": len(final),
-                             "wrapped": type(optimizer).__name__, "seconds": time.perf_counter() - started}
+                             "wrapped": type(optimizer).__name__, "seconds": time.perf_counter() - started,
+                             "round_trip": round_trip, "round_trip_error": why}
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f, indent=1)

@@ -62,6 +62,7 @@ def test_every_run_name_trains_exactly_as_one_process(fsdp2_run):
         assert r["status"] == "ok", (name, r)
         assert r["max_diff"] < 1e-6, (name, r)
         assert r["moved"] == r["params"], (name, r)
+        assert r["round_trip"], (name, r["round_trip_error"])  # and the step after loading it was exact
 
 
 def test_the_comparison_tells_a_shard_wise_muon_apart(fsdp2_run):

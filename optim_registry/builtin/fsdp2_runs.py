@@ -2,7 +2,8 @@
 
 Data only. ``tests/test_fsdp2.py`` trains exactly the names in ``RUN`` (2 CPU processes, gloo,
 torchrun, a tiny Llama with every decoder layer and the root passed to ``fully_shard``, every rank on
-the same batch, 3 steps) against one process on that batch and requires them to agree to 1e-6; it
+the same batch, 3 steps, each rank's state_dict through torch.save / load(weights_only=True) and back,
+1 more step) against one process on that batch and requires them to agree to 1e-6; it
 also requires every record whose FSDP2 path is ``local`` or ``native`` to be in ``RUN``, because
 those run the library's own code on DTensors, where a raw error or a shard-wise answer can hide.
 ``docs/distributed.md`` and ``optim-registry show`` print this from here.
