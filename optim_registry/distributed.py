@@ -50,7 +50,8 @@ def detect_backend(args: Any) -> Backend:
     fsdp = getattr(args, "fsdp", None)
     if fsdp and fsdp not in ("", [], False):
         config = getattr(args, "fsdp_config", None) or {}
-        version = config.get("fsdp_version", config.get("version", 1)) if isinstance(config, dict) else 1
+        # transformers 5.x defaults to FSDP2 when the config names no version (TrainingArguments, "version").
+        version = config.get("fsdp_version", config.get("version", 2)) if isinstance(config, dict) else 2
         orig = config.get("use_orig_params", True) if isinstance(config, dict) else True
         if str(version) == "2":
             # fully_shard: DTensor parameters that keep their global shapes (see optim_registry.sharded).

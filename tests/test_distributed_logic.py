@@ -28,8 +28,11 @@ def test_detect_backends(tmp_path, monkeypatch):
     cfg.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     assert detect_backend(Args(deepspeed=str(cfg))).kind == "zero3"
     assert detect_backend(Args(deepspeed={"zero_optimization": {"stage": 2}})).kind == "zero2"
-    b = detect_backend(Args(fsdp="full_shard", fsdp_config={"use_orig_params": False}))
+    b = detect_backend(Args(fsdp="full_shard", fsdp_config={"fsdp_version": 1, "use_orig_params": False}))
     assert b.kind == "fsdp" and "flattened" in b.detail
+    # transformers 5.x trains FSDP2 when the config names no version
+    assert detect_backend(Args(fsdp="full_shard")).kind == "fsdp2"
+    assert detect_backend(Args(fsdp=True, fsdp_config={"version": 1})).kind == "fsdp"
 
 
 def test_deepspeed_optimizer_block_with_an_optim_choice_names_both():
@@ -44,6 +47,8 @@ def test_layerwise_is_refused_for_every_sharded_backend():
         with pytest.raises(ValueError, match=r"does not support DeepSpeed ZeRO stage %d" % ds_stage):
             check_distributed(spec, Args(deepspeed={"zero_optimization": {"stage": ds_stage}}))
     with pytest.raises(ValueError, match=r"does not support FSDP1.*stepped inside backward"):
+        check_distributed(spec, Args(fsdp="full_shard", fsdp_config={"fsdp_version": 1}))
+    with pytest.raises(ValueError, match=r"does not support FSDP2.*stepped inside backward"):
         check_distributed(spec, Args(fsdp="full_shard"))
     # refused when the arguments are created, before transformers imports deepspeed
     with pytest.raises(ValueError, match="ZeRO stage 3"):

@@ -147,13 +147,14 @@ def test_fsdp2_is_accepted_and_fsdp1_zero_refuse_pointing_to_fsdp2(name):
             check_distributed(spec, _args(deepspeed={"zero_optimization": {"stage": stage}}))
 
 
-def test_training_arguments_accept_fsdp2_for_muon():
+def test_training_arguments_accept_fsdp2_for_muon_and_refuse_fsdp1():
     from optim_registry import TrainingArguments
 
-    with pytest.raises(ValueError, match="FSDP1"):
-        TrainingArguments("x", optim="muon", fsdp="full_shard", report_to=[], use_cpu=True)
-    # FSDP2 passes the registry's check (transformers' own set-up may still object on a CPU).
-    check_distributed(optimizers.get("muon"), _args(**FSDP2))
+    with pytest.raises(ValueError, match=r"FSDP1.*use FSDP2"):
+        TrainingArguments("x", optim="muon", fsdp=True, fsdp_config={"fsdp_version": 1}, report_to=[], use_cpu=True)
+    for config in ({"fsdp_version": 2}, None):  # transformers 5.x trains FSDP2 when no version is named
+        args = TrainingArguments("x", optim="muon", fsdp=True, fsdp_config=config, report_to=[], use_cpu=True)
+        assert detect_backend(args).kind == "fsdp2"
 
 
 def test_layerwise_and_lomo_refuse_fsdp2_up_front():
