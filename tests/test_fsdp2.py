@@ -117,6 +117,10 @@ def test_show_and_docs_say_run_or_reasoned(capsys):
     assert "FSDP2: momentum on each rank's rows" in out and "run here" in out
     assert main(["show", "galore_adamw_8bit"]) == 0
     assert "not run here; reasoned" in " ".join(capsys.readouterr().out.split())
+    assert main(["show", "dion", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["distributed"]["fsdp2"] is True and data["fsdp2"]["math"] == "owner"
+    assert "run here" in data["fsdp2"]["how"]
     text = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
     assert "| `muon` | beyond | yes | no [" in text and "RUN (native)" in text
 
