@@ -8,7 +8,8 @@ copy (same seed, same batch) with the same optimizer, then both ranks step the s
 ``optim_registry.create_optimizer`` (3 steps, a state_dict round trip, 1 more step from the loaded
 state); rank 0 writes one JSON record per name: ``ok`` with the largest
 weight difference, ``refused`` with the ValueError's message, or ``error`` with any other exception.
-``muon@shardwise`` (last: it patches the sharded path) is the negative control, Newton-Schulz on shards.
+``name@trainer`` builds through ``OptimTrainer.create_optimizer`` instead; ``muon@shardwise`` (last: it
+patches the sharded path) is the negative control, Newton-Schulz on shards.
 """
 
 from __future__ import annotations
@@ -102,7 +103,16 @@ def main() -> None:
         model = shard(tiny_model(vocab_size=VOCAB), mesh)
         start = {n: p.full_tensor().clone() for n, p in model.named_parameters()}
         try:
-            optimizer = create_optimizer(args, model)
+            if control == "trainer":
+                # The Trainer's own path: its create_optimizer on the sharded model (accelerate would
+                # shard only on a GPU; the optimizer decision is the same).
+                from optim_registry import OptimTrainer
+
+                with one_process_env():
+                    trainer_args = training_args(name, "/tmp/unused", optim_args or None, ddp_backend="gloo")
+                optimizer = OptimTrainer(model=model, args=trainer_args, train_dataset=TokenDataset()).create_optimizer()
+            else:
+                optimizer = create_optimizer(args, model)
         except ValueError as exc:
             results[label] = {"status": "refused", "error": str(exc)}
             continue

@@ -22,6 +22,8 @@ from optim_registry.distributed import check_distributed, detect_backend
 
 WORKER = Path(__file__).with_name("fsdp2_worker.py")
 CONTROL = "muon@shardwise"
+#: Built through OptimTrainer.create_optimizer on the sharded model instead of create_optimizer.
+THROUGH_TRAINER = ["galore_adamw@trainer:rank=4,update_proj_gap=2", "muon@trainer"]
 #: Names the run covers when their packages are installed (a slim install may lack some).
 SPECS = [f"{n}:{a}" if a else n for n, a in RUN.items()] + list(REFUSED)
 
@@ -44,7 +46,7 @@ def _installed(item: str) -> bool:
 @pytest.fixture(scope="module")
 def fsdp2_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp2") / "results.json"
-    items = [s for s in SPECS if _installed(s)] + [CONTROL]
+    items = [s for s in SPECS + THROUGH_TRAINER if _installed(s)] + [CONTROL]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(WORKER), str(out), *items]
@@ -63,6 +65,15 @@ def test_every_run_name_trains_exactly_as_one_process(fsdp2_run):
         assert r["max_diff"] < 1e-6, (name, r)
         assert r["moved"] == r["params"], (name, r)
         assert r["round_trip"], (name, r["round_trip_error"])  # and the step after loading it was exact
+
+
+def test_the_trainers_create_optimizer_on_a_sharded_model_trains_exactly(fsdp2_run):
+    results, items = fsdp2_run
+    for item in THROUGH_TRAINER:
+        label = item.partition(":")[0]
+        r = results[label]
+        assert r["status"] == "ok" and r["max_diff"] < 1e-6 and r["moved"] == r["params"], (label, r)
+    assert results["galore_adamw@trainer"]["wrapped"].startswith("FSDP2")
 
 
 def test_the_comparison_tells_a_shard_wise_muon_apart(fsdp2_run):
