@@ -241,7 +241,10 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
             f"{spec.name!r}."
         )
     for name, param in sharded:
-        layout_of(param, f"parameter {name!r}")
+        try:
+            layout_of(param, f"parameter {name!r}")
+        except ValueError as exc:
+            raise ValueError(f"optim={spec.name!r} under FSDP2: {exc}") from None
     if spec.distributed.fsdp2_math == "owner" and spec.protocol != "step":
         raise ValueError(
             f"optim={spec.name!r} follows the {spec.protocol!r} protocol, which changes the weights outside "

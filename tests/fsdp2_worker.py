@@ -8,7 +8,7 @@ copy (same seed, same batch) with the same optimizer, then both ranks step the s
 ``optim_registry.create_optimizer`` (3 steps, a state_dict round trip, 1 more step from the loaded
 state); rank 0 writes one JSON record per name: ``ok`` with the largest
 weight difference, ``refused`` with the ValueError's message, or ``error`` with any other exception.
-``name@trainer`` builds through ``OptimTrainer.create_optimizer`` instead; ``muon@shardwise`` (last: it
+``name@hsdp`` shards over a 2-D mesh (refused); ``name@trainer`` builds through ``OptimTrainer.create_optimizer`` instead; ``muon@shardwise`` (last: it
 patches the sharded path) is the negative control, Newton-Schulz on shards.
 """
 
@@ -100,7 +100,10 @@ def main() -> None:
             import optim_registry.sharded as sharded
 
             sharded.whole_matrix_map = lambda ts, fn, out_dtype=None: [fn(t.to_local()) for t in ts]
-        model = shard(tiny_model(vocab_size=VOCAB), mesh)
+        # HSDP (a 2-D mesh: replicated x sharded) is a layout the registry's FSDP2 support refuses by name.
+        layout = (init_device_mesh("cpu", (1, dist.get_world_size()), mesh_dim_names=("replicate", "shard"))
+                  if control == "hsdp" else mesh)
+        model = shard(tiny_model(vocab_size=VOCAB), layout)
         start = {n: p.full_tensor().clone() for n, p in model.named_parameters()}
         try:
             if control == "trainer":

@@ -46,7 +46,7 @@ def _installed(item: str) -> bool:
 @pytest.fixture(scope="module")
 def fsdp2_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp2") / "results.json"
-    items = [s for s in SPECS + THROUGH_TRAINER if _installed(s)] + [CONTROL]
+    items = [s for s in SPECS + THROUGH_TRAINER if _installed(s)] + ["galore_adamw@hsdp:rank=4", CONTROL]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(WORKER), str(out), *items]
@@ -100,6 +100,12 @@ def test_unsupported_names_refuse_naming_fsdp2(fsdp2_run):
         r = results[name]
         assert r["status"] == "refused", (name, r)
         assert "FSDP2" in r["error"] and name in r["error"], r
+
+
+def test_other_dtensor_layouts_refuse_naming_fsdp2(fsdp2_run):
+    results, _ = fsdp2_run
+    r = results["galore_adamw@hsdp"]
+    assert r["status"] == "refused" and "FSDP2's default layout" in r["error"] and "1-D" in r["error"], r
 
 
 def test_every_record_supporting_fsdp2_was_run_or_is_reasoned():
