@@ -267,6 +267,7 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
     deps.check(spec.name, spec.requires)
     if spec.unsupported:
         raise ValueError(f"optim={spec.name!r} cannot train through the Trainer: {spec.unsupported}")
+    fsdp2 = check_fsdp2(spec, model)
     ctx = make_context(args, model, spec)
     if spec.builder is not None:
         builder = load_builder(spec)
@@ -277,6 +278,8 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         from .layerwise_build import layerwise_factory
 
         return layerwise_factory(ctx, cls, kwargs)
+    if fsdp2 and spec.distributed.fsdp2_math == "owner":
+        cls = owner_stepped(spec, cls)
     return cls, kwargs
 
 
@@ -329,6 +332,59 @@ def checked_result(spec: OptimizerSpec, builder: Any, result: Any) -> tuple[Any,
             "(torch.optim.AdamW, {'lr': ctx.hparams['lr']}). Fix the builder."
         )
     return result
+FSDP2_TEXT = "FSDP2 (fully_shard, DTensor parameters)"
+
+
+def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
+    """Whether ``model`` is sharded by FSDP2; ``ValueError`` naming FSDP2 if ``spec`` cannot train it.
+
+    Decided from the record (``distributed.fsdp2``) and the parameters' layout, before anything is built.
+    """
+    if model is None or not hasattr(model, "named_parameters"):
+        return False
+    from .sharded import fsdp2_parameters, layout_of
+
+    sharded = fsdp2_parameters(model)
+    if not sharded:
+        return False
+    verdict = spec.distributed.fsdp2
+    if verdict is not True:
+        reason = f": {verdict}" if isinstance(verdict, str) else ""
+        raise ValueError(
+            f"optim={spec.name!r} does not support {FSDP2_TEXT}{reason}. See `optim-registry show "
+            f"{spec.name}`, or choose a name whose record supports FSDP2 (docs/distributed.md)."
+        )
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise ValueError(
+            f"the model is sharded by {FSDP2_TEXT} but no process group is initialised; "
+            "call torch.distributed.init_process_group (torchrun does the launching) before building optim="
+            f"{spec.name!r}."
+        )
+    for name, param in sharded:
+        try:
+            layout_of(param, f"parameter {name!r}")
+        except ValueError as exc:
+            raise ValueError(f"optim={spec.name!r} under FSDP2: {exc}") from None
+    if spec.distributed.fsdp2_math == "owner" and spec.protocol != "step":
+        raise ValueError(
+            f"optim={spec.name!r} follows the {spec.protocol!r} protocol, which changes the weights outside "
+            f"step(); its whole-tensor copies under {FSDP2_TEXT} would miss that. Choose another optimizer."
+        )
+    return True
+
+
+def owner_stepped(spec: OptimizerSpec, cls: Any) -> Any:
+    """``cls`` run on whole tensors, each on one owner rank (``optim_registry.sharded.OwnerStepped``)."""
+    if is_factory(cls):
+        raise ValueError(
+            f"optim={spec.name!r} is built by a factory from the model, which cannot be given whole-tensor "
+            f"copies under {FSDP2_TEXT}; train it unsharded or choose another optimizer."
+        )
+    from .sharded import owner_stepped_class
+
+    return owner_stepped_class(cls)
 
 
 def is_factory(obj: Any) -> bool:

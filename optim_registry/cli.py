@@ -151,6 +151,8 @@ def show_dict(spec: Any) -> dict[str, Any]:
         "parameter_groups": docgen.grouping_text(spec),
         "protocol": spec.protocol,
         "distributed": docgen.distributed_support(spec),
+        "fsdp2": {"math": spec.distributed.fsdp2_math,
+                  "how": docgen.fsdp2_evidence(spec) if spec.distributed.fsdp2 is True else None},
         "state_bytes": spec.state_bytes,
         "resume": spec.resume,
         "notes": docgen.notes(spec),

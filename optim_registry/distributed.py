@@ -17,7 +17,7 @@ from .spec import OptimizerSpec
 
 @dataclass(frozen=True)
 class Backend:
-    """The back-end a run will use: ``none``, ``ddp``, ``fsdp``, ``zero1``, ``zero2`` or ``zero3``."""
+    """The back-end a run will use: ``none``, ``ddp``, ``fsdp`` (FSDP1), ``fsdp2``, ``zero1``, ``zero2``, ``zero3``."""
 
     kind: str
     detail: str = ""
@@ -71,9 +71,13 @@ def detect_backend(args: Any) -> Backend:
     fsdp = getattr(args, "fsdp", None)
     if fsdp and fsdp not in ("", [], False):
         config = getattr(args, "fsdp_config", None) or {}
-        version = config.get("fsdp_version", config.get("version", 1)) if isinstance(config, dict) else 1
+        # transformers 5.x defaults to FSDP2 when the config names no version (TrainingArguments, "version").
+        version = config.get("fsdp_version", config.get("version", 2)) if isinstance(config, dict) else 2
         orig = config.get("use_orig_params", True) if isinstance(config, dict) else True
-        return Backend("fsdp", f"FSDP{version}" + ("" if orig or version == 2 else " (flattened parameters)"))
+        if str(version) == "2":
+            # fully_shard: DTensor parameters that keep their global shapes (see optim_registry.sharded).
+            return Backend("fsdp2", "FSDP2 (fully_shard, DTensor parameters)")
+        return Backend("fsdp", "FSDP1" + ("" if orig else " (flattened parameters)"))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:
         return Backend("ddp", f"DDP over {world} processes")

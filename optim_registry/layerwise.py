@@ -11,6 +11,10 @@ accumulation is supported through ``should_step``, the gradient norm is reported
 Exact global-norm clipping (``max_grad_norm=``) needs the norm before the first parameter steps, so
 ``backward(loss)`` runs backward twice, as LOMO's ``grad_norm`` does: the first pass only measures (and frees
 each gradient), the second steps with the clip coefficient.
+
+Under DDP the gradient a parameter's hook sees is this process's own, not yet averaged: there
+``attach_ddp(ddp_model)`` moves the stepping into a DDP communication hook, so each parameter is
+stepped as soon as its gradient bucket has been all-reduced (see ``optim_registry.layerwise_ddp``).
 """
 
 from __future__ import annotations
@@ -59,6 +63,21 @@ def _make_hook(owner: weakref.ref[LayerwiseOptimizer]) -> Callable[[torch.Tensor
 
     hook._layerwise_owner = owner  # type: ignore[attr-defined]
     return hook
+
+
+def _refuse_unaveraged(optimizer: LayerwiseOptimizer) -> None:
+    """A hook in a multi-process run without ``attach_ddp`` would step on this process's own gradient."""
+    if optimizer._checked_world:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise RuntimeError(
+            f"a layer-wise optimizer is stepping inside backward in a run of {dist.get_world_size()} processes "
+            "without DDP's averaged gradients: wrap the model in DistributedDataParallel and call "
+            "optimizer.attach_ddp(ddp_model) before the first backward (OptimTrainer does this)."
+        )
+    optimizer._checked_world = True
 
 
 def _live_owners(param: torch.Tensor) -> list[LayerwiseOptimizer]:
@@ -149,6 +168,10 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._norms: list[torch.Tensor] = []
         self.should_step: Callable[[], bool] | bool = _always_true
         self.last_grad_norm: torch.Tensor | None = None
+        # Set by attach_ddp: parameters are stepped from DDP's communication hook on averaged gradients.
+        self._ddp: Any = None
+        self._checked_world = False
+        self._stepped_in_backward: set[torch.Tensor] = set()
 
         # Copies: torch rewrites the group dicts it is given, and the caller's dicts stay theirs.
         groups = [dict(g) if isinstance(g, dict) else g for g in param_groups]
@@ -248,8 +271,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         return bool(should_step()) if callable(should_step) else bool(should_step)
 
     def _on_grad_ready(self, param: torch.Tensor) -> None:
+        if self._ddp is not None:
+            return  # DDP's communication hook steps it, once the gradient is averaged
         if not self._stepping_enabled():
             return
+        _refuse_unaveraged(self)
         inner = self._inner.get(param)
         if inner is None or param.grad is None:
             return
@@ -385,12 +411,16 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         if self._stepping_enabled():
+            stepped = self._stepped_in_backward
             if self._max_grad_norm is not None:
-                self._step_held()
+                self._step_held()  # global clipping is refused under DDP (attach_ddp), so nothing was stepped there
             else:
                 for p, inner in self._inner.items():
-                    if p.grad is not None:
+                    if p in stepped:
+                        p.grad = None  # DDP copied the averaged gradient back after the hook had stepped it
+                    elif p.grad is not None and self._ddp is None:
                         self._step_param(p, inner)
+        self._stepped_in_backward = set()
 
         self.last_grad_norm = self._pending_grad_norm()
         self._norms = []
@@ -449,6 +479,38 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             if callable(method):
                 method()
         self._pull_inner_values()
+
+    def attach_ddp(self, ddp_model: Any) -> None:
+        """Step each parameter from ``ddp_model``'s communication hook, on its averaged gradient.
+
+        Call once, after wrapping the model in ``DistributedDataParallel`` and before the first backward
+        (``OptimTrainer`` does this itself). Replaces DDP's default all-reduce with the same average,
+        followed by the steps of that bucket's parameters.
+        """
+        from .layerwise_ddp import register_layerwise_comm_hook
+
+        if self._ddp is ddp_model:
+            return
+        if self._ddp is not None:
+            raise ValueError("this layer-wise optimizer is already attached to another DDP model")
+        if self._max_grad_norm is not None:
+            # DDP's hook steps each bucket as soon as it is averaged: no pass can see the global norm first.
+            raise ValueError(
+                "layer-wise global-norm clipping (clip=global) cannot run under DDP: the communication hook steps "
+                "each gradient bucket as soon as it is averaged. Use optim_args='clip_per_param=...', "
+                "max_grad_norm=0, or the whole-model optimizer name."
+            )
+        register_layerwise_comm_hook(ddp_model, self)
+        self._ddp = ddp_model
+
+    def _step_averaged(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        """Steps ``param`` with DDP's averaged ``grad`` (called from the communication hook)."""
+        inner = self._inner.get(param)
+        if inner is None or not self._stepping_enabled():
+            return
+        param.grad = grad
+        self._step_param(param, inner)
+        self._stepped_in_backward.add(param)
 
     # ----------------------------------------------------------------------------------------- lifetime
 

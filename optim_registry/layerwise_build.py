@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 from .build import BuildContext
+from .distributed import detect_backend
 
 
 class LayerwiseFactory:
@@ -66,6 +67,13 @@ def check_layerwise_clipping(spec: Any, args: Any, given: dict[str, Any]) -> flo
             raise ValueError(
                 f"optim={name!r}: optim_args 'clip=global' clips to max_grad_norm, which is {args.max_grad_norm}; "
                 "set max_grad_norm to a positive finite norm (e.g. 1.0), or drop 'clip=global'"
+            )
+        backend = detect_backend(args)
+        if backend.kind != "none":
+            raise ValueError(
+                f"optim={name!r}: optim_args 'clip=global' cannot run under {backend.detail}: there each gradient "
+                "bucket is stepped as soon as it is averaged, before any pass could see the global norm. Use "
+                "optim_args='clip_per_param=...', max_grad_norm=0, or the whole-model name."
             )
         return None
     if max_norm == 0:

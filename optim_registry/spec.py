@@ -121,15 +121,33 @@ class Requirement:
         return f"pip install '{spec}'" if ">" in spec else f"pip install {spec}"
 
 
+#: How an update runs on FSDP2 (DTensor) shards; see ``Distributed.fsdp2_math``.
+FSDP2_MATH = frozenset({"local", "owner", "native"})
+
+
 @dataclass(frozen=True)
 class Distributed:
-    """Which distributed back-ends a record supports (``True``, ``False`` or a reason string)."""
+    """Which distributed back-ends a record supports (``True``, ``False`` or a reason string).
+
+    ``fsdp`` is FSDP1 (flattened parameters unless ``use_orig_params``); ``fsdp2`` is
+    ``torch.distributed.fsdp.fully_shard`` with DTensor parameters, and ``fsdp2_math`` says how the
+    update runs there: ``"local"`` on each rank's rows as they are (elementwise updates),
+    ``"owner"`` the library's own step on whole tensors, each on one owner rank
+    (``optim_registry.sharded.OwnerStepped``; exact for any optimizer that updates each parameter from
+    its own gradient and state), ``"native"`` the optimizer shards its whole-matrix math itself.
+    """
 
     ddp: bool | str = True
     fsdp: bool | str = True
     zero1: bool | str = True
     zero2: bool | str = True
     zero3: bool | str = True
+    fsdp2: bool | str = True
+    fsdp2_math: str = "owner"
+
+    def __post_init__(self) -> None:
+        if self.fsdp2_math not in FSDP2_MATH:
+            raise ValueError(f"fsdp2_math={self.fsdp2_math!r} is not one of {sorted(FSDP2_MATH)}")
 
 
 @dataclass(frozen=True)

@@ -297,8 +297,12 @@ class OptimRegistryMixin(CheckpointMixin):
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         self._registry_in_step = True
-        routed = self._route_backward()
+        routed = False
         try:
+            # accelerate wraps the model in DDP after the optimizer exists: hook the layer-wise stepping into
+            # DDP's all-reduce before the first backward.
+            attach_layerwise_ddp(self.optimizer, args[0] if args else kwargs.get("model"))
+            routed = self._route_backward()
             return super().training_step(*args, **kwargs)  # type: ignore[misc]
         finally:
             self._registry_in_step = False
@@ -374,6 +378,22 @@ class OptimRegistryMixin(CheckpointMixin):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         with self._optimizer_eval_mode():
             super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+
+
+def attach_layerwise_ddp(optimizer: Any, model: Any) -> bool:
+    """If ``model`` is DDP-wrapped and the optimizer layer-wise, step it from DDP's communication hook.
+
+    Returns whether the optimizer is now attached; a no-op for every other combination.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    from .layerwise import LayerwiseOptimizer
+
+    inner = unwrap_optimizer(optimizer) if optimizer is not None else None
+    if not isinstance(inner, LayerwiseOptimizer) or not isinstance(model, DistributedDataParallel):
+        return False
+    inner.attach_ddp(model)
+    return True
 
 
 def _groups_differ(optimizer: Any) -> bool:

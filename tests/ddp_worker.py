@@ -1,8 +1,8 @@
 """Run under torchrun: trains each named optimizer with OptimTrainer on 2 CPU processes (gloo).
 
 Usage: torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_DIR name[:optim_args] ...
-Each rank writes OUT_DIR/<name>/rank<r>.pt with its final parameters; a layer-wise name must be
-refused when the arguments are created, which the worker records instead.
+Each rank writes OUT_DIR/<name>/rank<r>.pt with its final parameters; a name refused when the
+arguments are created is recorded instead.
 """
 
 from __future__ import annotations

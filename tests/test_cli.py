@@ -86,7 +86,7 @@ def test_show_known_name_with_options_and_snippet(capsys):
     assert main(["show", "adamw_torch"]) == 0
     out = capsys.readouterr().out
     for text in ("arXiv:1711.05101", "amsgrad", "bool", "false", "`adam_beta1`, `adam_beta2` → `betas`",
-                 "weight-decay split", "protocol", "DDP, FSDP, ZeRO-1, ZeRO-2, ZeRO-3: yes",
+                 "weight-decay split", "protocol", "DDP, FSDP1, FSDP2, ZeRO-1, ZeRO-2, ZeRO-3: yes",
                  'optim="adamw_torch"', "TrainingArguments("):
         assert text in out, text
 

@@ -55,8 +55,6 @@ def test_ranks_agree_exactly_and_parameters_moved(ddp_run):
     for item in names:
         name = item.partition(":")[0]
         folder = out / name
-        if name.endswith("_layerwise"):
-            continue
         assert not (folder / "refused0.json").exists(), (folder / "refused0.json").read_text()
         r0 = torch.load(folder / "rank0.pt", weights_only=True)
         r1 = torch.load(folder / "rank1.pt", weights_only=True)
@@ -66,12 +64,12 @@ def test_ranks_agree_exactly_and_parameters_moved(ddp_run):
             assert not torch.equal(r0["final"][n], r0["start"][n]), f"{name}: {n} did not move"
         checked += 1
     # every family this test names is registered in a full install: all of them ran
-    assert checked == len(NAMES) + len(FAMILY_NAMES) - 1, names
+    assert checked == len(NAMES) + len(FAMILY_NAMES), names
 
 
-def test_layerwise_is_refused_under_ddp(ddp_run):
+def test_layerwise_trains_under_ddp(ddp_run):
+    """Stepped from DDP's communication hook on averaged gradients (tests/test_fsdp2.py compares it exactly)."""
     out, names = ddp_run
     folder = out / "adamw_torch_layerwise"
-    assert (folder / "refused0.json").exists()
-    message = (folder / "refused0.json").read_text()
-    assert "before DDP has averaged its gradient" in message and "adamw_torch" in message
+    assert not (folder / "refused0.json").exists()
+    assert (folder / "rank0.pt").exists() and (folder / "rank1.pt").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 from ..spec import POSITIVE, Distributed, OptimizerSpec, Option
 
@@ -61,13 +62,12 @@ def family_records() -> list[OptimizerSpec]:
 
 def layerwise_variant(spec: OptimizerSpec) -> OptimizerSpec:
     """``<name>_layerwise``: the same optimizer, each parameter stepped inside backward."""
-    early = (
-        f"each parameter is stepped inside backward, before DDP has averaged its gradient across "
-        f"processes; use the whole-model name {spec.name!r} for distributed runs"
-    )
+    # DDP: stepped from DDP's communication hook once each gradient bucket is averaged (layerwise_ddp).
+    ddp = spec.distributed.ddp
     sharded = f"each parameter is stepped inside backward on unsharded gradients; use {spec.name!r}"
     return spec.variant(
-        distributed=Distributed(ddp=early, fsdp=sharded, zero1=sharded, zero2=sharded, zero3=sharded),
+        distributed=Distributed(ddp=ddp, fsdp=sharded, zero1=sharded, zero2=sharded, zero3=sharded,
+                                fsdp2=sharded),
         name=spec.name + LAYERWISE_SUFFIX,
         description=f"{spec.description} Layer-wise: each parameter is stepped inside backward, so the "
         "whole model's gradients never exist at once.",
@@ -94,4 +94,23 @@ def all_records() -> list[OptimizerSpec]:
         for r in records
         if r.supports_layerwise and not r.layerwise and r.name + LAYERWISE_SUFFIX not in names
     ]
-    return records + derived
+    return [fsdp2_verdict(r) for r in records + derived]
+
+
+def fsdp2_verdict(spec: OptimizerSpec) -> OptimizerSpec:
+    """The record, with FSDP2 refused where the owner-rank path cannot reach the optimizer's math.
+
+    That path hands the library whole-tensor copies through its param groups: an optimizer built from
+    the model itself, or one that moves the weights outside ``step()``, would act on the wrong tensors.
+    """
+    d = spec.distributed
+    if d.fsdp2 is not True or d.fsdp2_math != "owner":
+        return spec
+    why = None
+    if spec.protocol == "fused_backward":
+        why = "the weights change inside backward, before FSDP2 has reduced the gradients"
+    elif spec.protocol != "step":
+        why = f"the {spec.protocol!r} protocol moves the weights outside step()"
+    elif spec.needs_model:
+        why = "built from the model rather than its param groups, so it cannot be given whole-tensor copies"
+    return spec if why is None else spec.variant(distributed=replace(d, fsdp2=why))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, Requirement, opt
 from .checks import positive_lr
 
@@ -9,11 +11,13 @@ _ALL_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 
 #: Muon and Dion act on whole 2-D matrices; sharded (flattened) parameters break that.
 _MATRIX_DISTRIBUTED = Distributed(
-    fsdp="updates whole 2-D matrices; FSDP shards (flattens) them",
-    zero1="updates whole 2-D matrices; ZeRO partitions flattened optimizer state",
-    zero2="updates whole 2-D matrices; ZeRO partitions flattened optimizer state",
-    zero3="updates whole 2-D matrices; ZeRO-3 shards the parameters",
+    fsdp="updates whole 2-D matrices; FSDP1 shards (flattens) them (use FSDP2: fsdp_version=2)",
+    zero1="updates whole 2-D matrices; ZeRO partitions flattened optimizer state (use FSDP2)",
+    zero2="updates whole 2-D matrices; ZeRO partitions flattened optimizer state (use FSDP2)",
+    zero3="updates whole 2-D matrices; ZeRO-3 shards the parameters (use FSDP2)",
 )
+#: Muon shards its own Newton-Schulz across FSDP2 ranks (optim_registry.sharded.whole_matrix_map).
+_MUON_DISTRIBUTED = replace(_MATRIX_DISTRIBUTED, fsdp2_math="native")
 
 RECORDS = (
     OptimizerSpec(
@@ -109,6 +113,6 @@ RECORDS = (
         supports_layerwise=False,
         state_bytes=4.0,
         paper="https://kellerjordan.github.io/posts/muon/, arXiv:2502.16982",
-        distributed=_MATRIX_DISTRIBUTED,
+        distributed=_MUON_DISTRIBUTED,
     ),
 )

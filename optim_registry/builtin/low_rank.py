@@ -47,10 +47,10 @@ _MIN_8BIT = opt("min_8bit_size", "int", 4096, "tensors (projected) with fewer el
 
 #: The projections need each weight's 2-D shape; sharded (flattened) parameters break that.
 _LOW_RANK_DISTRIBUTED = Distributed(
-    fsdp="projects each weight's 2-D gradient; FSDP shards (flattens) the weights",
-    zero1="projects each weight's 2-D gradient; ZeRO hands the optimizer flattened partitions",
-    zero2="projects each weight's 2-D gradient; ZeRO hands the optimizer flattened partitions",
-    zero3="projects each weight's 2-D gradient; ZeRO-3 shards the parameters",
+    fsdp="projects each weight's 2-D gradient; FSDP1 shards (flattens) the weights (use FSDP2: fsdp_version=2)",
+    zero1="projects each weight's 2-D gradient; ZeRO hands the optimizer flattened partitions (use FSDP2)",
+    zero2="projects each weight's 2-D gradient; ZeRO hands the optimizer flattened partitions (use FSDP2)",
+    zero3="projects each weight's 2-D gradient; ZeRO-3 shards the parameters (use FSDP2)",
 )
 _RESUME = ("projector objects saved as tensors and plain values (matrix, rank, gap, scale, type, random seed) and "
            "rebuilt on load; loads with weights_only=True; exact, also across a projection refresh")

@@ -92,7 +92,12 @@ def _distributed(sharding: str | None) -> Distributed:
     if sharding == "ok":
         return Distributed()
     why = sharding or "not measured under sharded optimizer state"
-    return Distributed(fsdp=why, zero1=why, zero2=why, zero3=why)
+    # FSDP2 runs each whole tensor on one owner rank, which is exact for per-parameter updates; these
+    # names were not audited for sums over all parameters (global norms, D-Adaptation / Prodigy
+    # estimates) that an owner, holding only its share, would compute differently.
+    fsdp2 = (f"{why}; and not checked for reductions across parameters (global norms, step-size "
+             "estimates) that FSDP2's per-rank share of the parameters would change")
+    return Distributed(fsdp=why, zero1=why, zero2=why, zero3=why, fsdp2=fsdp2)
 
 
 def record(

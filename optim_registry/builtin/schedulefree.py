@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from ..spec import NONNEG, OptimizerSpec, Requirement, opt
+from ..spec import NONNEG, Distributed, OptimizerSpec, Requirement, opt
 
 _REQUIRES = (Requirement("schedulefree", "schedulefree", "1.4", "schedulefree"),)
 _BUILDER = "optim_registry.families.schedulefree:schedule_free"
+#: Elementwise updates, and train()/eval() move the real weights: run on each rank's rows as they are.
+_DISTRIBUTED = Distributed(fsdp2_math="local")
 _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 _AVERAGING = (
     opt("r", "float", 0.0, "polynomial weighting of the average: iterate k weighs k**r", **NONNEG),
@@ -27,6 +29,7 @@ RECORDS = (
         options=_AVERAGING,
         builder=_BUILDER,
         protocol="train_eval",
+        distributed=_DISTRIBUTED,
         owns_warmup=True,
         state_bytes=8.0,
         paper="arXiv:2405.15682",
@@ -47,6 +50,7 @@ RECORDS = (
         ),
         builder=_BUILDER,
         protocol="train_eval",
+        distributed=_DISTRIBUTED,
         state_bytes=8.0,
         paper="arXiv:2405.15682",
         resume=_RESUME,
@@ -66,6 +70,7 @@ RECORDS = (
         ),
         builder=_BUILDER,
         protocol="train_eval",
+        distributed=_DISTRIBUTED,
         owns_warmup=True,
         state_bytes=4.0,
         paper="arXiv:2405.15682",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..spec import NONNEG, POSITIVE, UNIT, OptimizerSpec, opt
+from ..spec import NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, opt
 from .checks import nesterov_needs_momentum, one_implementation, warmup_needs_relative_step
 
 _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -12,6 +12,13 @@ _COMMON = (
 )
 _AMSGRAD = opt("amsgrad", "bool", False, "use the AMSGrad variant (max of past second moments)")
 _FUSED = opt("fused", "bool", None, "use the fused kernel; None lets torch choose")
+#: Factored second moments need each whole matrix: FSDP1 / ZeRO hand the optimizer flattened pieces.
+_FACTORED = Distributed(
+    fsdp="factors each weight's 2-D second moment; FSDP1 flattens the weights (use FSDP2: fsdp_version=2)",
+    zero1="factors each weight's 2-D second moment; ZeRO hands the optimizer flattened partitions (use FSDP2)",
+    zero2="factors each weight's 2-D second moment; ZeRO hands the optimizer flattened partitions (use FSDP2)",
+    zero3="factors each weight's 2-D second moment; ZeRO-3 shards the parameters (use FSDP2)",
+)
 _DECOUPLED = opt("decoupled_weight_decay", "bool", False, "AdamW-style decoupled weight decay")
 
 RECORDS = (
@@ -35,6 +42,7 @@ RECORDS = (
         checks=(warmup_needs_relative_step,),
         builder="optim_registry.builders:adafactor",
         state_bytes=0.03,
+        distributed=_FACTORED,
         paper="arXiv:1804.04235",
     ),
     OptimizerSpec(
@@ -52,6 +60,7 @@ RECORDS = (
         ),
         state_bytes=0.03,
         paper="arXiv:1804.04235",
+        distributed=_FACTORED,
     ),
     OptimizerSpec(
         name="adagrad",
@@ -101,6 +110,8 @@ RECORDS = (
         checks=(one_implementation,),
         state_bytes=8.0,
         paper="arXiv:1711.05101",
+        # Elementwise, and torch's optimizers take DTensors: each rank updates its own rows.
+        distributed=Distributed(fsdp2_math="local"),
     ),
     OptimizerSpec(
         name="adamw_torch_fused",

@@ -323,6 +323,10 @@ class MuonWithAdamW(Optimizer):
     def _muon_group_step(self, group: dict[str, Any]) -> None:
         lr = as_float(group["lr"])
         momentum = group["momentum"]
+        # FSDP2 (DTensor) parameters: updates are collected, then orthogonalised once per whole matrix
+        # across the ranks; one process orthogonalises each as it goes (no extra copy kept alive).
+        sharded = any(hasattr(p, "device_mesh") for p in group["params"])
+        pending: list[tuple[Tensor, Tensor]] = []
         for param in group["params"]:
             grad = param.grad
             if grad is None:
@@ -336,13 +340,36 @@ class MuonWithAdamW(Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(grad, 1 - momentum)
             update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-            update = zeropower_via_newtonschulz(
-                update, group["ns_coefficients"], group["ns_steps"], group["muon_eps"]
+            if sharded:
+                pending.append((param, update))
+            else:
+                self._apply(param, self._newton_schulz(update, group), group, lr)
+        if pending:
+            from optim_registry.sharded import whole_matrix_map
+
+            ortho = whole_matrix_map(
+                [u for _, u in pending],
+                lambda m: self._newton_schulz(m, group),
+                out_dtype=torch.bfloat16,
             )
-            param.mul_(1 - lr * group["weight_decay"])
-            param.add_(
-                update, alpha=-adjusted_muon_lr(lr, group["adjust_lr_fn"], param.shape)
-            )
+            for (param, _), rows in zip(pending, ortho, strict=True):
+                # `rows` is this rank's rows of the whole-matrix result.
+                self._apply(param, rows, group, lr, local=True)
+
+    @staticmethod
+    def _newton_schulz(update: Tensor, group: dict[str, Any]) -> Tensor:
+        return zeropower_via_newtonschulz(
+            update, group["ns_coefficients"], group["ns_steps"], group["muon_eps"]
+        )
+
+    @staticmethod
+    def _apply(
+        param: Tensor, update: Tensor, group: dict[str, Any], lr: float, local: bool = False
+    ) -> None:
+        param.mul_(1 - lr * group["weight_decay"])
+        # param.shape is the global shape of an FSDP2 parameter: the scale is the unsharded one.
+        alpha = -adjusted_muon_lr(lr, group["adjust_lr_fn"], param.shape)
+        (param.to_local() if local else param).add_(update, alpha=alpha)
 
     def _adamw_group_step(self, group: dict[str, Any]) -> None:
         lr = as_float(group["lr"])
