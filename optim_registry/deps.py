@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import sys
 from functools import cache
 from typing import Any
 
@@ -15,9 +16,31 @@ class MissingDependencyError(ImportError):
     """An optimizer's package is not installed (or too old); the message carries the pip line."""
 
 
+def importable(module: str) -> bool:
+    """Whether ``module`` (its top-level package) can be imported, without importing it.
+
+    ``find_spec`` raises ``ValueError`` for a module already in ``sys.modules`` whose ``__spec__`` is
+    ``None`` or missing (stubs made by test suites or by ``types.ModuleType``, some C extensions,
+    modules run as ``__main__``); such a module is importable, since ``import`` returns it.
+    """
+    top = module.split(".")[0]
+    loaded = sys.modules.get(top, _ABSENT)
+    if loaded is None:  # ``sys.modules[name] = None`` is Python's way to block an import
+        return False
+    if loaded is not _ABSENT and getattr(loaded, "__spec__", None) is None:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_ABSENT = object()
+
+
 @cache
 def _installed_version(module: str, pip: str) -> str | None:
-    if importlib.util.find_spec(module.split(".")[0]) is None:
+    if not importable(module):
         return None
     for dist in (pip, pip.replace("-", "_"), module.split(".")[0]):
         try:
