@@ -24,11 +24,22 @@ def build_layerwise(
     inner: type,
     inner_kwargs: dict[str, Any],
     clip_per_param: float | None = None,
+    inner_adapt: str | None = None,
 ) -> Any:
+    from . import deps
     from .layerwise import LayerwiseOptimizer
 
+    adapt = deps.import_object(inner_adapt) if isinstance(inner_adapt, str) else inner_adapt
+
     def make(groups: list[dict[str, Any]]) -> Any:
-        return inner(groups, **inner_kwargs)
+        given = [g.get("lr") for g in groups]
+        optimizer = inner(groups, **inner_kwargs)
+        if adapt is not None:
+            adapt(optimizer)
+            for group, lr in zip(optimizer.param_groups, given, strict=False):
+                if isinstance(lr, float) and isinstance(group.get("lr"), float):
+                    group["lr"] = lr  # the exact rate it was given (torchao rounds it through float32)
+        return optimizer
 
     return LayerwiseOptimizer(params, make, clip_per_param=clip_per_param)
 
@@ -46,4 +57,7 @@ def layerwise_factory(ctx: BuildContext, cls: Any, kwargs: dict[str, Any]) -> tu
     lr = kwargs.get("lr")
     # The outer groups are what schedulers and the Trainer's logging see: give each its lr.
     outer = [{**g, "lr": g.get("lr", lr)} for g in groups]
-    return LayerwiseFactory(), {"params": outer, "inner": cls, "inner_kwargs": kwargs, "clip_per_param": clip}
+    out = {"params": outer, "inner": cls, "inner_kwargs": kwargs, "clip_per_param": clip}
+    if ctx.spec.adapt is not None:
+        out["inner_adapt"] = ctx.spec.adapt
+    return LayerwiseFactory(), out

@@ -24,6 +24,7 @@ import torch
 from optim_registry import deps, list_optimizers, register_optimizer, unregister_optimizer
 from optim_registry.catalog import optimizers
 from optim_registry.registry import BuiltinReplacedWarning, PluginShadowWarning
+from optim_registry.testing import tiny_model as make_tiny
 
 # -- the dependency check -------------------------------------------------------------------------
 
@@ -317,3 +318,119 @@ def test_cli_list_shows_the_shadowing_conflict(shadowing_dist, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "conflict: sgd: plugin t-shadow-dist offers this built-in name: ignored" in out
+
+
+# -- the library's own classes for the bitsandbytes and torchao names ------------------------------------
+
+_BNB = ["adamw_8bit", "adamw_bnb_8bit", "ademamix", "ademamix_8bit", "lion_32bit", "lion_8bit", "paged_adamw_32bit",
+        "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
+        "rmsprop_bnb", "rmsprop_bnb_32bit", "rmsprop_bnb_8bit"]
+_AO = ["adamw_torch_4bit", "adamw_torch_8bit"]
+
+
+def _args(optim: str, **kw):
+    from optim_registry import TrainingArguments
+
+    return TrainingArguments("x", optim=optim, report_to=[], use_cpu=True, **kw)
+
+
+@pytest.mark.parametrize("name", _BNB + _AO)
+def test_class_is_the_one_transformers_returns(name, tiny_model):
+    import transformers
+
+    from optim_registry import get_optimizer_cls_and_kwargs
+
+    stock = transformers.TrainingArguments("x", optim=name, report_to=[], use_cpu=True)
+    expected = transformers.Trainer.get_optimizer_cls_and_kwargs(stock, tiny_model)[0]
+    assert get_optimizer_cls_and_kwargs(_args(name), tiny_model)[0] is expected
+    assert expected.__module__.split(".")[0] in ("bitsandbytes", "torchao")
+
+
+def test_torchao_fp8_class_is_torchaos_own():
+    import torchao.optim
+
+    from optim_registry import get_optimizer_cls_and_kwargs
+
+    assert get_optimizer_cls_and_kwargs(_args("ao_adamw_fp8"))[0] is torchao.optim.AdamWFp8
+
+
+def test_bnb_fix_travels_as_a_hook_on_the_librarys_class(tiny_model):
+    """Whole-model and layer-wise: bitsandbytes' own AdamW, each optimizer with its own override manager."""
+    import bitsandbytes
+
+    from optim_registry import create_optimizer
+
+    shared = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    opt = create_optimizer(_args("adamw_8bit", optim_args="min_8bit_size=64"), tiny_model)
+    assert type(opt) is bitsandbytes.optim.AdamW and opt.mng is shared  # until the first step, as bitsandbytes
+    assert any(m is tiny_model.model.embed_tokens for m, _, _ in shared.module_weight_config_triple)
+    for p in tiny_model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt.mng is not shared and [m for m, _, _ in opt.mng.module_weight_config_triple] == [
+        tiny_model.model.embed_tokens
+    ]
+    assert all(m is not tiny_model.model.embed_tokens for m, _, _ in shared.module_weight_config_triple)
+    assert opt.state[tiny_model.model.embed_tokens.weight]["state1"].dtype == torch.float32
+    assert opt.state[tiny_model.lm_head.weight]["state1"].dtype == torch.uint8
+    # finalize twice (a Trainer subclass calling create_optimizer again) installs the hook once
+    from optim_registry.build import finalize, spec_for
+
+    hooks = len(opt._optimizer_step_pre_hooks)
+    finalize(opt, spec_for("adamw_8bit"), tiny_model)
+    assert len(opt._optimizer_step_pre_hooks) == hooks
+
+
+def test_bnb_layerwise_inner_optimizers_are_the_librarys_with_the_hook():
+    import bitsandbytes
+
+    from optim_registry import create_optimizer
+
+    model = make_tiny()
+    opt = create_optimizer(_args("adamw_8bit_layerwise", optim_args="min_8bit_size=64", max_grad_norm=0.0), model)
+    try:
+        inner = list(opt.inner_optimizers.values())
+        assert inner and all(type(o) is bitsandbytes.optim.AdamW and o._optimizer_step_pre_hooks for o in inner)
+    finally:
+        opt.remove_hooks()
+
+
+def test_torchao_fix_travels_as_hooks_on_the_librarys_class():
+    """torchao's own AdamW8bit: float rates before, during (seen by the scheduler) and after steps; plain state."""
+    import torchao.optim
+
+    from optim_registry import create_optimizer
+
+    model = make_tiny(vocab_size=256)
+    opt = create_optimizer(_args("adamw_torch_8bit", learning_rate=0.01), model)
+    assert type(opt) is torchao.optim.AdamW8bit
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]  # exactly the float given, not 0.009999999776
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for g in opt.param_groups:
+        g["lr"] = 0.005  # assignment, as schedulers and the layer-wise engine do; torchao alone refuses it
+    opt.step()
+    assert all(type(g["lr"]) is float and g["lr"] == 0.005 for g in opt.param_groups)
+    saved = opt.state_dict()
+    packed = saved["state"][next(iter(saved["state"]))]
+    assert any(isinstance(v, dict) and "torchao_quantized" in v for v in packed.values())
+    assert type(opt.state[model.lm_head.weight]["exp_avg"]).__name__ == "OptimState8bit"  # live state untouched
+    fresh = create_optimizer(_args("adamw_torch_8bit", learning_rate=0.01), model)
+    fresh.load_state_dict(saved)
+    assert type(fresh.state[model.lm_head.weight]["exp_avg"]).__name__ == "OptimState8bit"
+
+
+def test_torchao_step_that_raises_leaves_float_rates():
+    from optim_registry import create_optimizer
+
+    model = make_tiny()
+    opt = create_optimizer(_args("adamw_torch_4bit", learning_rate=0.01), model)
+
+    def closure():
+        raise RuntimeError("boom inside the step")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step(closure)
+    opt.step()  # the next step puts the rates back before it runs
+    assert all(type(g["lr"]) is float and g["lr"] == 0.01 for g in opt.param_groups)
