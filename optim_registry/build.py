@@ -106,7 +106,7 @@ class BuildContext:
 
 def load_target(spec: OptimizerSpec) -> Any:
     target = spec.target
-    return deps.import_object(target) if isinstance(target, str) else target
+    return deps.import_target(spec.name, target, spec.requires) if isinstance(target, str) else target
 
 
 def _name_of(args: Any) -> str:

@@ -36,32 +36,54 @@ def test_dependency_check_survives_a_module_without_spec(monkeypatch, stub):
     module = types.ModuleType(name) if stub == "module_without_spec" else object()
     assert getattr(module, "__spec__", None) is None
     monkeypatch.setitem(sys.modules, name, module)
-    deps._installed_version.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="__spec__"):
-            import importlib.util
+    import importlib.util
 
-            importlib.util.find_spec(name)  # what crashed the check before
-        assert deps.importable(name) and deps.importable(name + ".sub")
-        from optim_registry.spec import Requirement
+    from optim_registry.spec import Requirement
 
-        assert deps.is_available(Requirement(name, name))
-        assert not deps.is_available(Requirement(name, name, "1.0"))  # no metadata: version unknown
-        monkeypatch.setitem(sys.modules, name, None)  # the way to block an import
-        deps._installed_version.cache_clear()
-        assert not deps.importable(name)
-    finally:
-        deps._installed_version.cache_clear()
+    with pytest.raises(ValueError, match="__spec__"):
+        importlib.util.find_spec(name)  # what crashed the check before
+    assert deps.importable(name) and deps.importable(name + ".sub")
+    assert deps.is_available(Requirement(name, name))
+    assert not deps.is_available(Requirement(name, name, "1.0"))  # no metadata: version unknown
+    monkeypatch.setitem(sys.modules, name, None)  # the way to block an import
+    assert not deps.importable(name)
+    assert not deps.is_available(Requirement(name, name))
 
 
 def test_listing_survives_a_torchdistx_stub_without_spec(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchdistx", types.ModuleType("torchdistx"))
-    deps._installed_version.cache_clear()
-    try:
-        infos = {i.name: i for i in list_optimizers()}  # raised ValueError: torchdistx.__spec__ is not set
-        assert "adamw_anyprecision" in infos and infos["sgd"].available
-    finally:
-        deps._installed_version.cache_clear()
+    infos = {i.name: i for i in list_optimizers()}  # raised ValueError: torchdistx.__spec__ is not set
+    assert "adamw_anyprecision" in infos and infos["sgd"].available
+
+
+def test_availability_follows_a_stand_in_module_that_comes_and_goes(monkeypatch):
+    """transformers' tests put a Mock in sys.modules for torchdistx, then block it: neither state is cached."""
+    from unittest.mock import Mock
+
+    from optim_registry import TrainingArguments
+    from optim_registry.spec import Requirement
+
+    req = Requirement("torchdistx", "torchdistx")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "torchdistx", Mock())  # Mock's __spec__ raises AttributeError: find_spec's ValueError
+        assert deps.is_available(req)
+    assert not deps.is_available(req)  # gone again: not installed here
+    with pytest.raises(ImportError, match=r"optim='adamw_anyprecision' needs torchdistx"):
+        TrainingArguments("x", optim="adamw_anyprecision", report_to=[], use_cpu=True)
+
+
+def test_a_blocked_library_module_is_one_missing_dependency_error(monkeypatch):
+    """``sys.modules["bitsandbytes.optim"] = None`` (how transformers' tests hide bitsandbytes): a clear error
+    that is an ImportError, and a ValueError as transformers raises for missing torchdistx / apex."""
+    from optim_registry import TrainingArguments, get_optimizer_cls_and_kwargs
+
+    a = TrainingArguments("x", optim="adamw_8bit", report_to=[], use_cpu=True)
+    monkeypatch.setitem(sys.modules, "bitsandbytes.optim", None)
+    with pytest.raises(deps.MissingDependencyError) as refused:
+        get_optimizer_cls_and_kwargs(a)
+    assert isinstance(refused.value, ImportError) and isinstance(refused.value, ValueError)
+    assert "optim='adamw_8bit' cannot import 'bitsandbytes.optim'" in str(refused.value)
+    assert "pip install 'bitsandbytes>=" in str(refused.value)
 
 
 # -- invalid names ------------------------------------------------------------------------------------
