@@ -424,11 +424,13 @@ def test_torchao_fix_travels_as_hooks_on_the_librarys_class():
     from optim_registry import create_optimizer
 
     model = make_tiny(vocab_size=256)
+    for name, p in model.named_parameters():  # one parameter shape: one torch.compile of torchao's step
+        p.requires_grad_(name in ("lm_head.weight", "model.embed_tokens.weight"))
     opt = create_optimizer(_args("adamw_torch_8bit", learning_rate=0.01), model)
     assert type(opt) is torchao.optim.AdamW8bit
-    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]  # exactly the float given, not 0.009999999776
+    assert [g["lr"] for g in opt.param_groups] == [0.01]  # exactly the float given, not 0.009999999776
     for p in model.parameters():
-        p.grad = torch.ones_like(p)
+        p.grad = torch.ones_like(p) if p.requires_grad else None
     opt.step()
     for g in opt.param_groups:
         g["lr"] = 0.005  # assignment, as schedulers and the layer-wise engine do; torchao alone refuses it
