@@ -166,7 +166,9 @@ def test_registry_race_gives_no_raw_errors():
     outcomes = _hammer()
     raw = {k: v for k, v in outcomes.items() if k not in ("ok", "unknown")}
     assert not raw, (raw, outcomes)
-    assert outcomes["ok"] > 0 and outcomes["unknown"] > 0, outcomes  # both answers were really seen
+    # every lookup gave the record or the clear "Unknown optim" answer (which one depends on the scheduling;
+    # the deterministic test below pins the exact window)
+    assert outcomes["ok"] + outcomes["unknown"] == 4 * 100 * 2, outcomes
     assert "t_race_opt" not in optimizers
 
 
@@ -207,8 +209,9 @@ def test_optimizer_names_enum_is_one_class_when_first_used_from_16_threads():
         for t in threads: t.join()
         print(len(seen), len({id(c) for c in seen}), optim_registry.OptimizerNames("sgd") is seen[0].SGD)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["16", "1", "True"]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["16", "1", "True"]
 
 
 # -- replacing a built-in in code ----------------------------------------------------------------------
