@@ -6,6 +6,7 @@ no optimizer package, and not even transformers.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 __version__ = "0.1.0"
@@ -37,13 +38,24 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "OptimizerNames", "__version__"])
 
 
+_LOCK = threading.Lock()
+
+
 def _make_optimizer_names() -> Any:
     from enum import Enum
 
     from .catalog import builtin_names
 
-    members = {name.upper(): name for name in builtin_names()}
-    return Enum("OptimizerNames", members, type=str, module=__name__)
+    # One class for the process: threads that first touch the attribute together wait here, and the
+    # later ones take the class the first one made (``OptimizerNames.X is OptimizerNames.X`` everywhere).
+    with _LOCK:
+        made = globals().get("OptimizerNames")
+        if made is not None:
+            return made
+        members = {name.upper(): name for name in builtin_names()}
+        made = Enum("OptimizerNames", members, type=str, module=__name__)
+        globals()["OptimizerNames"] = made
+        return made
 
 
 def __getattr__(name: str) -> Any:

@@ -116,7 +116,7 @@ class BuildContext:
 
 def load_target(spec: OptimizerSpec) -> Any:
     target = spec.target
-    return deps.import_object(target) if isinstance(target, str) else target
+    return deps.import_target(spec.name, target, spec.requires) if isinstance(target, str) else target
 
 
 def _name_of(args: Any) -> str:
@@ -437,8 +437,17 @@ def check_device(spec: OptimizerSpec, model: Any = None) -> None:
         )
 
 
+def adapter(spec: OptimizerSpec) -> Callable[[Any], None] | None:
+    """The record's post-construction fix (``spec.adapt``), imported."""
+    adapt = spec.adapt
+    return deps.import_object(adapt) if isinstance(adapt, str) else adapt
+
+
 def finalize(optimizer: Any, spec: OptimizerSpec, model: Any) -> None:
-    """After construction, before the first step: 32-bit state for embeddings, provenance tag."""
+    """After construction, before the first step: the record's fix, 32-bit state for embeddings, provenance."""
+    adapt = adapter(spec)
+    if adapt is not None and not spec.layerwise:  # layer-wise: each inner optimizer is adapted when built
+        adapt(optimizer)
     if spec.embedding_32bit and model is not None:
         keep_embeddings_32bit(model)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .registry import PluginError, Registry
+from .registry import PluginError, Registry, caller_module, check_new_name
 from .spec import OptimizerSpec
 
 OPTIMIZER_GROUP = "optim_registry.optimizers"
@@ -87,10 +87,16 @@ def register_optimizer(
         class MySGD(torch.optim.SGD): ...
 
     ``meta`` sets record fields (``description``, ``options``, ``needs_model``, ``target_modules`` ...).
+    Replacing a built-in (``replace=True``) warns with ``BuiltinReplacedWarning`` naming the calling
+    module, which ``list_optimizers()`` then shows as the name's ``source``.
     """
+    check_new_name("optimizer", name)  # before anything: as a decorator too, the bad name is refused at once
+
     def attach(obj: Any) -> Any:
-        spec = spec_from_object(name, obj, "register_optimizer", meta)
-        optimizers.register(spec, source="register_optimizer", replace=replace)
+        by = caller_module()
+        source = by if replace and name in optimizers.builtin() else "register_optimizer"
+        spec = spec_from_object(name, obj, source, meta)
+        optimizers.register(spec, source=source, replace=replace, by=by)
         return obj
 
     if builder is None:

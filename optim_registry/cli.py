@@ -110,6 +110,9 @@ def cmd_list(ns: argparse.Namespace) -> int:
           "state B/param: optimizer-state bytes per fp32 parameter.")
     if any(r["unsupported"] for r in rows):
         print("needs n/a: cannot train through a Trainer (`optim-registry show NAME` says why).")
+    for r in rows:
+        if r.get("conflict"):
+            print(f"conflict: {r['name']}: {r['conflict']}")
     for line in missing:
         print(f"to install: {line}")
     print("`optim-registry show NAME` for the options of one name.")

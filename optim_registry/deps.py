@@ -5,20 +5,60 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import sys
 from functools import cache
 from typing import Any
 
 from .spec import Requirement
 
 
-class MissingDependencyError(ImportError):
-    """An optimizer's package is not installed (or too old); the message carries the pip line."""
+class MissingDependencyError(ImportError, ValueError):
+    """An optimizer's package is not installed (or too old); the message carries the pip line.
+
+    Also a ``ValueError``: transformers raises ``ValueError`` for some missing packages (torchdistx, apex), and
+    code written against the stock Trainer that catches it keeps working.
+    """
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` (its top-level package) can be imported, without importing it.
+
+    ``find_spec`` raises ``ValueError`` for a module already in ``sys.modules`` whose ``__spec__`` is
+    ``None`` or missing (stubs made by test suites or by ``types.ModuleType``, some C extensions,
+    modules run as ``__main__``); such a module is importable, since ``import`` returns it.
+    """
+    top = module.split(".")[0]
+    loaded = sys.modules.get(top, _ABSENT)
+    if loaded is None:  # ``sys.modules[name] = None`` is Python's way to block an import
+        return False
+    if loaded is not _ABSENT and getattr(loaded, "__spec__", None) is None:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_ABSENT = object()
+
+
+def _installed_version(module: str, pip: str) -> str | None:
+    top = module.split(".")[0]
+    loaded = sys.modules.get(top, _ABSENT)
+    if loaded is None or (loaded is not _ABSENT and getattr(loaded, "__spec__", None) is None):
+        # Blocked, or a stand-in put there by a test or a mock: true only while it is there, so never cached.
+        return None if loaded is None else _metadata_version(module, pip)
+    return _cached_version(module, pip)
 
 
 @cache
-def _installed_version(module: str, pip: str) -> str | None:
-    if importlib.util.find_spec(module.split(".")[0]) is None:
+def _cached_version(module: str, pip: str) -> str | None:
+    if not importable(module):
         return None
+    return _metadata_version(module, pip)
+
+
+def _metadata_version(module: str, pip: str) -> str:
     for dist in (pip, pip.replace("-", "_"), module.split(".")[0]):
         try:
             return importlib.metadata.version(dist)
@@ -62,6 +102,19 @@ def check(name: str, requires: tuple[Requirement, ...]) -> None:
         for r in absent
     )
     raise MissingDependencyError(f"optim={name!r} needs {what}, which is not installed: {lines}{hint}")
+
+
+def import_target(name: str, path: str, requires: tuple[Requirement, ...]) -> Any:
+    """``import_object(path)`` for optimizer ``name``; a failed import is one `MissingDependencyError`."""
+    try:
+        return import_object(path)
+    except ImportError as exc:
+        if isinstance(exc, MissingDependencyError):
+            raise
+        lines = " && ".join(r.pip_line for r in requires) or "install the package that provides it"
+        raise MissingDependencyError(
+            f"optim={name!r} cannot import {path.partition(':')[0]!r} ({exc}); reinstall what it needs: {lines}"
+        ) from exc
 
 
 def import_object(path: str) -> Any:

@@ -99,11 +99,22 @@ def build_layerwise(
     unapplied_max_grad_norm: float | None = None,
     name: str = "layerwise",
     has_global_clip: bool = True,
+    inner_adapt: str | None = None,
 ) -> Any:
+    from . import deps
     from .layerwise import LayerwiseOptimizer
 
+    adapt = deps.import_object(inner_adapt) if isinstance(inner_adapt, str) else inner_adapt
+
     def make(groups: list[dict[str, Any]]) -> Any:
-        return inner(groups, **inner_kwargs)
+        given = [g.get("lr") for g in groups]
+        optimizer = inner(groups, **inner_kwargs)
+        if adapt is not None:
+            adapt(optimizer)
+            for group, lr in zip(optimizer.param_groups, given, strict=False):
+                if isinstance(lr, float) and isinstance(group.get("lr"), float):
+                    group["lr"] = lr  # the exact rate it was given (torchao rounds it through float32)
+        return optimizer
 
     optimizer = LayerwiseOptimizer(params, make, clip_per_param=clip_per_param, max_grad_norm=max_grad_norm)
     if unapplied_max_grad_norm is not None:
@@ -140,8 +151,11 @@ def layerwise_factory(ctx: BuildContext, cls: Any, kwargs: dict[str, Any]) -> tu
     lr = kwargs.get("lr")
     # The outer groups are what schedulers and the Trainer's logging see: give each its lr.
     outer = [{**g, "lr": g.get("lr", lr)} for g in groups]
-    return LayerwiseFactory(), {
+    out = {
         "params": outer, "inner": cls, "inner_kwargs": kwargs, "clip_per_param": clip,
         "max_grad_norm": global_norm, "unapplied_max_grad_norm": unapplied, "name": ctx.spec.name,
         "has_global_clip": has_global,
     }
+    if ctx.spec.adapt is not None:
+        out["inner_adapt"] = ctx.spec.adapt
+    return LayerwiseFactory(), out

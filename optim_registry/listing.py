@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import deps
@@ -31,6 +31,8 @@ class OptimizerInfo:
     paper: str = ""
     importable: bool | None = None
     providers: list[str] = field(default_factory=list)
+    #: Why more than one provider offers this name and which one is used (``None``: no conflict).
+    conflict: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,13 +98,16 @@ def list_optimizers() -> list[OptimizerInfo]:
     builtin = optimizers.builtin()
     for name in optimizers.names():
         providers = optimizers.provenance(name)
-        loaded = [p for p in optimizers._providers.get(name, []) if p.spec is not None]
+        with optimizers._lock:
+            loaded = [p for p in optimizers._providers.get(name, []) if p.spec is not None]
+        conflict = optimizers.conflicts(name)
         if loaded:
-            out.append(info(loaded[-1].spec, providers))
+            record = info(loaded[-1].spec, providers)
         elif name in builtin:
-            out.append(info(builtin[name], providers if len(providers) > 1 else None))
+            record = info(builtin[name], providers if len(providers) > 1 else None)
         else:
-            out.append(_plugin_info(name, providers))
+            record = _plugin_info(name, providers)
+        out.append(replace(record, conflict=conflict) if conflict else record)
     return out
 
 

@@ -8,13 +8,15 @@ is resolved. Names registered in code with ``register_optimizer`` sit beside bot
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import os
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from . import deps
 from .optim_args import closest
 
 S = TypeVar("S")
@@ -27,6 +29,50 @@ OVERRIDE_ENV = "OPTIM_REGISTRY_ALLOW_OVERRIDE"
 
 class PluginError(ValueError):
     """A plugin name cannot be used: duplicated, shadowing a built-in, or failing to import."""
+
+
+class BuiltinReplacedWarning(UserWarning):
+    """A built-in name now resolves to something else (``register_optimizer(..., replace=True)``)."""
+
+
+class PluginShadowWarning(UserWarning):
+    """An installed plugin offers a built-in name; the built-in is used and the plugin's entry ignored."""
+
+
+def check_new_name(kind: str, name: Any) -> None:
+    """Refuse a name nobody could type as ``optim=`` / ``lr_scheduler_type=``: empty, spaces, not a str."""
+    if not isinstance(name, str):
+        raise ValueError(f"{kind} name must be a str, got {type(name).__name__} {_short(name)}")
+    if not name or name != name.strip() or any(ch.isspace() for ch in name) or "," in name:
+        raise ValueError(
+            f"{kind} name {_short(name)} is not usable: a name must be non-empty, without spaces or commas "
+            "(e.g. 'my_sgd')"
+        )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
+
+
+def external_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` called in this package that points at the user's line."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("optim_registry"):
+        level += 1
+        frame = frame.f_back  # type: ignore[assignment]
+    return level
+
+
+def caller_module(skip: tuple[str, ...] = ("optim_registry.",)) -> str:
+    """The ``__name__`` of the first calling frame outside this package (who registered a name)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if not (name == "optim_registry" or name.startswith(skip)):
+            return name or "<unknown module>"
+        frame = frame.f_back  # type: ignore[assignment]
+    return "<unknown module>"
 
 
 @dataclass
@@ -50,6 +96,10 @@ class Registry(Generic[S]):
     _providers: dict[str, list[_Provider]] = field(default_factory=dict)
     _discovered: bool = False
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    #: Built-in names replaced in code (``replace=True``).
+    _overrides: set[str] = field(default_factory=set)
+    #: Built-in names a plugin offered and was refused (each warned about once per process).
+    _shadow_warned: set[str] = field(default_factory=set)
 
     # -- building the table --------------------------------------------------------------------
     def builtin(self) -> dict[str, S]:
@@ -78,10 +128,15 @@ class Registry(Generic[S]):
             self._providers = {k: v for k, v in self._providers.items() if v}
             self._discovered = False
 
-    def register(self, spec: S, *, source: str = "register_optimizer", replace: bool = False) -> S:
+    def register(
+        self, spec: S, *, source: str = "register_optimizer", replace: bool = False, by: str | None = None
+    ) -> S:
+        """Add ``spec`` under its name. Replacing a built-in needs ``replace=True`` and warns, naming ``by``."""
         name = spec.name  # type: ignore[attr-defined]
+        check_new_name(self.kind, name)
         with self._lock:
-            if name in self.builtin() and not replace:
+            builtin = name in self.builtin()
+            if builtin and not replace:
                 raise PluginError(
                     f"{self.kind} name {name!r} is built in; pass replace=True to take it over deliberately"
                 )
@@ -91,9 +146,17 @@ class Registry(Generic[S]):
             elif any(p.loader is None for p in providers):
                 raise PluginError(f"{self.kind} name {name!r} is already registered; pass replace=True")
             providers.append(_Provider(source=source, spec=spec))
-            self._overrides = getattr(self, "_overrides", set())
             if replace:
                 self._overrides.add(name)
+        if builtin:
+            # Outside the lock: a warnings filter set to "error" raises here, after the table is consistent.
+            warnings.warn(
+                f"{self._field()} {name!r} is built in and was replaced by {by or source!r} "
+                f"(register_{self.kind}(..., replace=True)); `optim-registry list` shows it as the source. "
+                f"unregister_{self.kind}({name!r}) restores the built-in.",
+                BuiltinReplacedWarning,
+                stacklevel=external_stacklevel(),
+            )
         return spec
 
     def unregister(self, name: str) -> None:
@@ -102,59 +165,112 @@ class Registry(Generic[S]):
             providers[:] = [p for p in providers if p.loader is not None]
             if not providers:
                 self._providers.pop(name, None)
-            getattr(self, "_overrides", set()).discard(name)
+            self._overrides.discard(name)
 
     # -- lookup ---------------------------------------------------------------------------------
     def names(self) -> list[str]:
         self._discover()
-        return sorted(set(self.builtin()) | set(self._providers))
+        with self._lock:
+            return sorted(set(self.builtin()) | set(self._providers))
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self.names()
+        if not isinstance(name, str):
+            return False
+        self._discover()
+        with self._lock:
+            return name in self.builtin() or bool(self._providers.get(name))
 
     def check_name(self, name: str) -> None:
         """``ValueError`` with the closest names when ``name`` is not registered."""
         if name not in self:
-            near = closest(str(name), self.names(), n=5)
-            hint = f" Closest registered names: {', '.join(near)}." if near else ""
-            raise ValueError(
-                f"Unknown {self._field()} {name!r}.{hint} "
-                f"Run `optim-registry list` for every name, or register your own (docs/plugins.md)."
-            )
+            self._unknown(name)
+
+    def _unknown(self, name: Any) -> None:
+        near = closest(str(name), self.names(), n=5)
+        hint = f" Closest registered names: {', '.join(near)}." if near else ""
+        raise ValueError(
+            f"Unknown {self._field()} {_short(name)}.{hint} "
+            f"Run `optim-registry list` for every name, or register your own (docs/plugins.md)."
+        )
 
     def _field(self) -> str:
         return "optim" if self.kind == "optimizer" else "lr_scheduler_type"
 
+    def allowed_override(self, name: str) -> bool:
+        """Whether the environment lets a plugin take over the built-in ``name`` deliberately."""
+        allowed = os.environ.get(OVERRIDE_ENV, "")
+        return allowed.strip() == "*" or name in [a.strip() for a in allowed.split(",")]
+
     def get(self, name: str) -> S:
-        """The record for ``name``; loads the plugin providing it if it is one."""
+        """The record for ``name``; loads the plugin providing it if it is one.
+
+        The name is looked up and its provider chosen in one step under the lock, so a name registered
+        or unregistered by another thread meanwhile gives the old or the new answer, never a raw error.
+        """
         name = str(getattr(name, "value", name))
-        self.check_name(name)
         self._discover()
+        shadowed: _Provider | None = None
         with self._lock:
-            providers = self._providers.get(name, [])
+            providers = list(self._providers.get(name, []))
             code = [p for p in providers if p.loader is None]
             plugins = [p for p in providers if p.loader is not None]
+            builtin = self.builtin().get(name)
             if code:  # register_optimizer in this process wins: the user asked in code
                 return code[-1].spec
-            if len(plugins) > 1:
+            if builtin is None and not plugins:
+                chosen = None
+            elif len(plugins) > 1 and (builtin is None or self.allowed_override(name)):
                 both = " and ".join(f"{p.source} ({p.entry_point})" for p in plugins)
                 raise PluginError(
                     f"{self._field()} {name!r} is provided by more than one plugin: {both}. "
                     f"Uninstall one of them, or set {DISABLE_ENV}=1 and register the one you want in code."
                 )
-            if plugins:
-                allowed = os.environ.get(OVERRIDE_ENV, "")
-                if name in self.builtin() and not (allowed == "*" or name in allowed.split(",")):
-                    raise PluginError(
-                        f"plugin distribution {plugins[0].source!r} offers {self._field()} {name!r}, which is "
-                        f"built in; refusing to replace it silently. Set {OVERRIDE_ENV}={name} to allow it, "
-                        "or uninstall the plugin."
-                    )
-                return self._load(name, plugins[0])
-            return self.builtin()[name]
+            elif plugins and (builtin is None or self.allowed_override(name)):
+                chosen = plugins[0]
+            else:
+                if plugins and name not in self._shadow_warned:
+                    self._shadow_warned.add(name)
+                    shadowed = plugins[0]
+                chosen = None
+        if chosen is not None:
+            return self._load(name, chosen)  # outside the lock: plugin code may import and register
+        if builtin is None:
+            self._unknown(name)
+        if shadowed is not None:
+            warnings.warn(
+                self.shadow_message(name, [shadowed]), PluginShadowWarning, stacklevel=external_stacklevel()
+            )
+        return builtin  # type: ignore[return-value]
+
+    def shadow_message(self, name: str, plugins: list[Any]) -> str:
+        """What is said about plugins that offer the built-in ``name`` (warning and listing)."""
+        who = ", ".join(f"{getattr(p, 'source', p)!r}" for p in plugins)
+        return (
+            f"plugin distribution {who} offers {self._field()} {name!r}, which is built in; refusing to replace it "
+            f"silently: {name!r} is the built-in. Set {OVERRIDE_ENV}={name} to use the plugin's, or uninstall it."
+        )
+
+    def conflicts(self, name: str) -> str | None:
+        """Why ``name`` has more than one provider, or ``None`` (for listings; imports no plugin)."""
+        self._discover()
+        with self._lock:
+            providers = list(self._providers.get(name, []))
+            builtin = name in self.builtin()
+            replaced = name in self._overrides
+        plugins = [p for p in providers if p.loader is not None]
+        code = [p for p in providers if p.loader is None]
+        if builtin and code and replaced:
+            return f"built-in replaced by {code[-1].source} (register_{self.kind}(..., replace=True))"
+        if builtin and plugins and not self.allowed_override(name):
+            return f"plugin {', '.join(p.source for p in plugins)} offers this built-in name: ignored"
+        if builtin and plugins:
+            return f"built-in replaced by plugin {plugins[0].source} ({OVERRIDE_ENV})"
+        if len(plugins) > 1 and not code:
+            return f"provided by {len(plugins)} plugins ({', '.join(p.source for p in plugins)}): refused"
+        return None
 
     def _load(self, name: str, provider: _Provider) -> S:
-        if provider.spec is None:
+        if provider.spec is None:  # two threads may both load; both get an equal record
             try:
                 obj = provider.loader()  # type: ignore[misc]
             except Exception as exc:
@@ -169,10 +285,13 @@ class Registry(Generic[S]):
         """``(source, entry point, importable)`` for each provider of ``name`` (no plugin import)."""
         self._discover()
         out = []
-        if name in self.builtin():
+        with self._lock:
+            builtin = name in self.builtin()
+            providers = list(self._providers.get(name, []))
+        if builtin:
             out.append(("builtin", None, True))
-        for p in self._providers.get(name, []):
-            importable = p.module is None or importlib.util.find_spec(p.module.split(".")[0]) is not None
+        for p in providers:
+            importable = p.module is None or deps.importable(p.module)
             out.append((p.source, p.entry_point, importable))
         return out
 

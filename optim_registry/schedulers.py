@@ -454,8 +454,14 @@ def register_scheduler(name: str, scheduler: Any = None, *, replace: bool = Fals
 
     Usable as a call or a decorator, like ``register_optimizer``.
     """
+    from .registry import caller_module, check_new_name
+
+    check_new_name("scheduler", name)
+
     def attach(obj: Any) -> Any:
-        schedulers.register(spec_from_object(name, obj, "register_scheduler", meta), replace=replace)
+        by = caller_module()
+        source = by if replace and name in schedulers.builtin() else "register_scheduler"
+        schedulers.register(spec_from_object(name, obj, source, meta), source=source, replace=replace, by=by)
         return obj
 
     return attach if scheduler is None else attach(scheduler)

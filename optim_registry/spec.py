@@ -178,6 +178,9 @@ class OptimizerSpec:
     #: Keyword arguments always passed (e.g. ``optim_bits=8``); not settable by the user.
     fixed: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     builder: str | Callable[..., Any] | None = None
+    #: ``"module:function"`` called with the built optimizer (and each layer-wise inner optimizer) before
+    #: its first step: fixes carried as optimizer hooks, so ``target`` can stay the library's own class.
+    adapt: str | Callable[[Any], None] | None = None
     needs_model: bool = False
     #: Uses ``optim_target_modules``: the matched Linear weights get ``target_options`` in their group.
     target_modules: bool = False

@@ -161,8 +161,9 @@ def test_plugin_cannot_shadow_a_builtin_by_accident(env):
             a = TrainingArguments("x", optim="sgd", report_to=[], use_cpu=True)
             print(get_optimizer_cls_and_kwargs(a)[0].__name__)
         """
+        # The built-in keeps working; the plugin's entry is refused, with a warning naming it.
         refused = run_py(env, code)
-        assert refused.returncode != 0
+        assert ok(refused).strip().endswith("SGD")
         assert "shadow-plugin" in refused.stderr and "refusing to replace it silently" in refused.stderr
         allowed = run_py(env, code, OPTIM_REGISTRY_ALLOW_OVERRIDE="sgd")
         assert ok(allowed).strip().endswith("Adam")

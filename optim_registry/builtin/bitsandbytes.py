@@ -14,6 +14,9 @@ from .checks import ademamix_betas, bnb_rmsprop
 _REQUIRES = (Requirement("bitsandbytes", "bitsandbytes", "0.45.0", extra="bnb"),)
 _FAMILY = "bitsandbytes"
 _SHIMS = "optim_registry.families.bitsandbytes"
+#: transformers returns bitsandbytes' own classes for these names; so do we. The override fix is a hook.
+_LIB = "bitsandbytes.optim"
+_ADOPT = f"{_SHIMS}:adopt"
 
 _MIN_8BIT = opt(
     "min_8bit_size", "int", 4096, "parameters with fewer elements keep 32-bit state (bitsandbytes' threshold)",
@@ -45,7 +48,8 @@ def _state_note(bits: int, paged: bool) -> str:
 def _adamw(name: str, bits: int, paged: bool, alias_of: str = "") -> OptimizerSpec:
     return OptimizerSpec(
         name=name,
-        target=f"{_SHIMS}:AdamW",
+        target=f"{_LIB}:AdamW",
+        adapt=_ADOPT,
         family=_FAMILY,
         description=f"bitsandbytes AdamW with {_state_note(bits, paged)}."
         + (f" Alias of {alias_of}." if alias_of else ""),
@@ -64,7 +68,8 @@ def _ademamix(name: str, bits: int, paged: bool) -> OptimizerSpec:
     # step with a shape error in bitsandbytes 0.50.
     return OptimizerSpec(
         name=name,
-        target=f"{_SHIMS}:AdEMAMix",
+        target=f"{_LIB}:AdEMAMix",
+        adapt=_ADOPT,
         family=_FAMILY,
         description=f"bitsandbytes AdEMAMix (Adam with a mixture of a fast and a slow EMA) with "
         f"{_state_note(bits, paged)}. betas=(beta1,beta2[,beta3]) or beta1/beta2/beta3 in optim_args.",
@@ -85,7 +90,8 @@ def _ademamix(name: str, bits: int, paged: bool) -> OptimizerSpec:
 def _lion(name: str, bits: int, paged: bool) -> OptimizerSpec:
     return OptimizerSpec(
         name=name,
-        target=f"{_SHIMS}:Lion",
+        target=f"{_LIB}:Lion",
+        adapt=_ADOPT,
         family=_FAMILY,
         description=f"bitsandbytes Lion (sign of an interpolated momentum) with {_state_note(bits, paged)}. "
         "betas come from adam_beta1/adam_beta2; Lion usually wants a 3-10x smaller learning rate than AdamW.",
@@ -102,7 +108,8 @@ def _lion(name: str, bits: int, paged: bool) -> OptimizerSpec:
 def _rmsprop(name: str, bits: int) -> OptimizerSpec:
     return OptimizerSpec(
         name=name,
-        target=f"{_SHIMS}:RMSprop",
+        target=f"{_LIB}:RMSprop",
+        adapt=_ADOPT,
         family=_FAMILY,
         description=f"bitsandbytes RMSprop with {_state_note(bits, False)} (no momentum, not centred).",
         requires=_REQUIRES,

@@ -42,7 +42,8 @@ def _ao(name: str, kind: str, description: str) -> OptimizerSpec:
     cls, bytes_per_param = {"4bit": ("AdamW4bit", 1.03), "8bit": ("AdamW8bit", 2.03), "fp8": ("AdamWFp8", 2.03)}[kind]
     return OptimizerSpec(
         name=name,
-        target=f"{_SHIMS}:{cls}",
+        target=f"torchao.optim:{cls}",
+        adapt=f"{_SHIMS}:adopt",
         family=_FAMILY,
         description=description + _NOTE,
         requires=_REQUIRES,

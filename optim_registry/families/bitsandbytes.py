@@ -1,75 +1,73 @@
-"""Builders and shims for the bitsandbytes records (the library is imported only inside functions).
+"""Builders and the post-construction fix for the bitsandbytes records (the library is imported only inside
+functions).
 
-The records point at thin subclasses of bitsandbytes' own classes (``AdamW``, ``AdEMAMix``, ``Lion``,
-``RMSprop``, reached through this module's ``__getattr__``). They change one thing: where config
-overrides (the 32-bit state kept for ``nn.Embedding``) are looked up. bitsandbytes keeps them in a
-process-global manager keyed by ``(group index, parameter index)``, so an override found for one
-optimizer applies to whatever parameter sits at that position in every later optimizer of the process:
-with a layer-wise optimizer (one inner optimizer per parameter, all at ``(0, 0)``) every parameter ended
-up with 32-bit state once the embedding had stepped, and a second 8-bit run in the same process
-inherited the first run's override. The global list of overrides also kept every trained model's
-embedding alive. The subclasses resolve overrides against their own parameters only, in a manager of
-their own, and take the entries they consumed off the global list.
+The records point at bitsandbytes' own classes (``bitsandbytes.optim.AdamW``, ``AdEMAMix``, ``Lion``,
+``RMSprop``), exactly what transformers returns for these names. One thing is fixed after construction
+(`adopt`, run by ``build.finalize`` and for each layer-wise inner optimizer): where config overrides (the
+32-bit state kept for ``nn.Embedding``) are looked up. bitsandbytes keeps them in a process-global
+manager keyed by ``(group index, parameter index)``, so an override found for one optimizer applies to
+whatever parameter sits at that position in every later optimizer of the process: with a layer-wise
+optimizer (one inner optimizer per parameter, all at ``(0, 0)``) every parameter ended up with 32-bit
+state once the embedding had stepped, and a second 8-bit run in the same process inherited the first
+run's override. The global list of overrides also kept every trained model's embedding alive. A step
+pre-hook gives the optimizer, just before bitsandbytes reads the overrides at its first step, a manager
+of its own holding only the overrides for its own parameters, and takes those entries off the global
+list. No subclass is needed: bitsandbytes reads ``self.mng`` at that moment, and torch runs step
+pre-hooks before the step body.
 """
 
 from __future__ import annotations
 
 import warnings
-from functools import cache
 from typing import Any
 
 from ..build import BuildContext
 
-_CLASSES = ("AdamW", "AdEMAMix", "Lion", "RMSprop")
+_ADOPTED = "_optim_registry_own_overrides"
 
 
-def __getattr__(name: str) -> Any:
-    if name in _CLASSES:
-        return _shim(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def take_own_overrides(optimizer: Any) -> None:
+    """Point ``optimizer.mng`` at a manager with only the overrides for its own parameters.
+
+    The entries found are removed from bitsandbytes' global list: it would otherwise hold this model's
+    modules (and apply them by position to other optimizers) for the life of the process.
+    """
+    from bitsandbytes.optim import GlobalOptimManager
+
+    shared = GlobalOptimManager.get_instance()
+    own = GlobalOptimManager.__new__(GlobalOptimManager)
+    own.initialize()
+    mine = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    kept = []
+    for triple in shared.module_weight_config_triple:
+        module, attr, _config = triple
+        if id(getattr(module, attr, None)) in mine:
+            own.module_weight_config_triple.append(triple)
+        else:
+            kept.append(triple)
+    shared.module_weight_config_triple[:] = kept
+    # Overrides set with bitsandbytes' own override_config() for our parameters still apply.
+    own.pid2config = {pid: dict(cfg) for pid, cfg in shared.pid2config.items() if pid in mine}
+    optimizer.mng = own
+
+
+def _before_first_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    if not getattr(optimizer, "initialized", True):  # bitsandbytes calls check_overrides() in this step
+        take_own_overrides(optimizer)
+
+
+def adopt(optimizer: Any) -> None:
+    """Install the per-optimizer override lookup on a bitsandbytes optimizer (idempotent)."""
+    if getattr(optimizer, _ADOPTED, None) is None:
+        setattr(optimizer, _ADOPTED, optimizer.register_step_pre_hook(_before_first_step))
 
 
 class _OwnOverrides:
-    """Mixin for ``bitsandbytes.optim.optimizer.Optimizer8bit`` subclasses: per-optimizer config overrides."""
+    """Mixin for our own ``Optimizer8bit`` subclasses (GaLore 8-bit) that call ``check_overrides`` themselves."""
 
     def check_overrides(self) -> None:
-        from bitsandbytes.optim import GlobalOptimManager
-
-        shared = GlobalOptimManager.get_instance()
-        own = GlobalOptimManager.__new__(GlobalOptimManager)
-        own.initialize()
-        mine = {id(p) for group in self.param_groups for p in group["params"]}  # type: ignore[attr-defined]
-        kept = []
-        for triple in shared.module_weight_config_triple:
-            module, attr, _config = triple
-            if id(getattr(module, attr, None)) in mine:
-                own.module_weight_config_triple.append(triple)
-            else:
-                kept.append(triple)
-        # Consumed: the global list would otherwise hold this model's modules for the life of the process.
-        shared.module_weight_config_triple[:] = kept
-        # Overrides set with bitsandbytes' own override_config() for our parameters still apply.
-        own.pid2config = {pid: dict(cfg) for pid, cfg in shared.pid2config.items() if pid in mine}
-        self.mng = own
+        take_own_overrides(self)
         super().check_overrides()  # type: ignore[misc]
-
-
-@cache
-def _shim(name: str) -> type:
-    import bitsandbytes.optim
-
-    base = getattr(bitsandbytes.optim, name)
-    cls = type(
-        name,
-        (_OwnOverrides, base),
-        {
-            "__module__": __name__,
-            "__qualname__": name,
-            "__doc__": f"bitsandbytes.optim.{name} whose config overrides (32-bit embedding state) apply to "
-            "its own parameters only.",
-        },
-    )
-    return cls
 
 
 def ademamix(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:

@@ -1,18 +1,20 @@
-"""Shims for the torchao low-bit AdamW records (torchao is imported only inside functions).
+"""The post-construction fix for the torchao low-bit AdamW records (torchao is imported only inside functions).
 
-The records point at thin subclasses of ``torchao.optim.AdamW4bit`` / ``AdamW8bit`` / ``AdamWFp8``
-(reached through this module's ``__getattr__``) that change two things and leave the update alone:
+The records point at torchao's own ``AdamW4bit`` / ``AdamW8bit`` / ``AdamWFp8``, the classes transformers
+returns. `adopt` (run by ``build.finalize`` and for each layer-wise inner optimizer) installs optimizer
+hooks that change two things and leave the update alone:
 
 - ``group["lr"]`` stays a Python float, as in every other optimizer. torchao turns it into a tensor so
   its compiled step is not recompiled when the rate changes, and then refuses a float assigned later
   (``RuntimeError: lr was changed to a non-Tensor object``), which breaks code that sets rates by
-  assignment (the layer-wise engine, user code) and logs ``0.009999999776`` for 0.01. Here each group
-  owns a 0-d tensor that is filled with the current float just before the compiled step.
+  assignment (the layer-wise engine, user code) and logs ``0.009999999776`` for 0.01. Here the floats
+  are put back after construction, and a step pre-hook fills a 0-d tensor per group with the current
+  float just before the compiled step (a post-hook puts the float back).
 - ``state_dict()`` stores quantised state as plain tensors plus plain values (a tagged dict per state
   tensor) instead of torchao's tensor subclasses, which implement neither ``torch.equal`` nor
-  ``copy.deepcopy`` and load only where torchao registered them as safe globals. ``load_state_dict``
-  rebuilds the subclasses before torch's loader sees them (torch would otherwise cast the uint8 codes
-  to the parameter's dtype).
+  ``copy.deepcopy`` and load only where torchao registered them as safe globals. A load pre-hook rebuilds
+  the subclasses before torch's loader sees them (torch would otherwise cast the uint8 codes to the
+  parameter's dtype).
 """
 
 from __future__ import annotations
@@ -20,15 +22,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-_CLASSES = ("AdamW4bit", "AdamW8bit", "AdamWFp8")
 _SUBCLASSES = ("OptimState4bit", "OptimState8bit", "OptimStateFp8")
 _TAG = "torchao_quantized"
-
-
-def __getattr__(name: str) -> Any:
-    if name in _CLASSES:
-        return _shim(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_ADOPTED = "_optim_registry_hooks"
 
 
 @cache
@@ -79,64 +75,71 @@ def unpack_state_tensor(value: Any) -> Any:
     return cls.__tensor_unflatten__(dict(value["data"]), [_decode(a) for a in value["attrs"]], None, None)
 
 
-class _PlainStateAndLr:
-    """Mixin over ``torchao.optim.adam._AdamBase``: float learning rates, plain-tensor state dicts."""
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        import torch
-
-        given = param_group.get("lr", self.defaults.get("lr"))  # type: ignore[attr-defined]
-        super().add_param_group(param_group)  # type: ignore[misc]
-        if not isinstance(given, torch.Tensor):  # torchao just made it a float32 tensor: keep the exact float
-            self.param_groups[-1]["lr"] = given  # type: ignore[attr-defined]
-
-    def step(self, closure: Any = None) -> Any:
-        import torch
-
-        cells: list[torch.Tensor] = self.__dict__.setdefault("_lr_cells", [])
-        swapped = []
-        for i, group in enumerate(self.param_groups):  # type: ignore[attr-defined]
-            lr = group["lr"]
-            if isinstance(lr, torch.Tensor):
-                continue
-            while len(cells) <= i:
-                cells.append(torch.zeros((), dtype=torch.float32))
-            cells[i].fill_(lr)
-            group["lr"] = cells[i]
-            swapped.append((group, lr))
-        try:
-            return super().step(closure)  # type: ignore[misc]
-        finally:
-            for group, lr in swapped:
-                group["lr"] = lr
-
-    def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()  # type: ignore[misc]
-        sd["state"] = {
-            k: {name: pack_state_tensor(v) for name, v in entry.items()} for k, entry in sd["state"].items()
-        }
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        state_dict["state"] = {
-            k: {name: unpack_state_tensor(v) for name, v in entry.items()}
-            for k, entry in state_dict["state"].items()
-        }
-        super().load_state_dict(state_dict)  # type: ignore[misc]
+def _float_lr(value: Any, default: Any) -> float:
+    """The float a group's rate was given as: torchao stored it as a float32 tensor."""
+    number = float(value)
+    if isinstance(default, float) and float(_f32(default)) == number:
+        return default  # the exact float given (0.01, not 0.009999999776)
+    return number
 
 
-@cache
-def _shim(name: str) -> type:
-    import torchao.optim
+def _f32(value: float) -> Any:
+    import torch
 
-    base = getattr(torchao.optim, name)
-    return type(
-        name,
-        (_PlainStateAndLr, base),
-        {
-            "__module__": __name__,
-            "__qualname__": name,
-            "__doc__": f"torchao.optim.{name} with float learning rates and a plain-tensor state_dict.",
-        },
-    )
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def _before_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    import torch
+
+    _after_step(optimizer, args, kwargs)  # a step that raised left its tensors in place
+    cells: list[torch.Tensor] = optimizer.__dict__.setdefault("_optim_registry_lr_cells", [])
+    swapped = []
+    for i, group in enumerate(optimizer.param_groups):
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):  # set by the user as torchao documents: theirs to fill
+            continue
+        while len(cells) <= i:
+            cells.append(torch.zeros((), dtype=torch.float32))
+        cells[i].fill_(lr)
+        group["lr"] = cells[i]
+        swapped.append((group, lr))
+    optimizer.__dict__["_optim_registry_lr_swapped"] = swapped
+
+
+def _after_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+    for group, lr in optimizer.__dict__.pop("_optim_registry_lr_swapped", ()):
+        group["lr"] = lr
+
+
+def _pack_state_dict(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+    state_dict["state"] = {
+        k: {name: pack_state_tensor(v) for name, v in entry.items()} for k, entry in state_dict["state"].items()
+    }
+    return state_dict
+
+
+def _unpack_state_dict(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
+    state_dict = dict(state_dict)
+    state_dict["state"] = {
+        k: {name: unpack_state_tensor(v) for name, v in entry.items()} for k, entry in state_dict["state"].items()
+    }
+    return state_dict
+
+
+def adopt(optimizer: Any) -> None:
+    """Float learning rates and a plain-tensor state dict for a torchao optimizer (idempotent)."""
+    import torch
+
+    if getattr(optimizer, _ADOPTED, None) is not None:
+        return
+    default = optimizer.defaults.get("lr")
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor) and group["lr"].dim() == 0:
+            group["lr"] = _float_lr(group["lr"], default)
+    setattr(optimizer, _ADOPTED, (
+        optimizer.register_step_pre_hook(_before_step),
+        optimizer.register_step_post_hook(_after_step),
+        optimizer.register_state_dict_post_hook(_pack_state_dict),
+        optimizer.register_load_state_dict_pre_hook(_unpack_state_dict),
+    ))
