@@ -70,9 +70,6 @@ SCHEDULE_FREE_AS_WRITTEN = dict(
     learning_rate=2e-6, save_strategy="no", run_name="sfo",
 )
 
-#: Examples that train here only once layer-wise names accept transformers' default max_grad_norm=1.0.
-NEEDS_LAYERWISE_CLIPPING_CHANGE = {"trainer.md: GaLore layer-wise"}
-
 STEPS = 3
 
 
@@ -90,14 +87,7 @@ def _train(kwargs: dict) -> tuple[OptimTrainer, dict, torch.nn.Module]:
     return trainer, before, model
 
 
-def _case(name: str):
-    marks = []
-    if name in NEEDS_LAYERWISE_CLIPPING_CHANGE:
-        marks.append(pytest.mark.xfail(strict=False, reason="needs the layer-wise max_grad_norm change"))
-    return pytest.param(name, id=name, marks=marks)
-
-
-@pytest.mark.parametrize("name", [_case(n) for n in GUIDES])
+@pytest.mark.parametrize("name", list(GUIDES))
 def test_guide_example_trains_as_written(name, tmp_path):
     trainer, before, model = _train(_adjusted(GUIDES[name], tmp_path))
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
