@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import transformers
@@ -42,6 +42,7 @@ def validate_training_args(args: Any) -> None:
     if spec.unsupported:
         raise ValueError(f"optim={name!r} cannot train through the Trainer: {spec.unsupported}")
     build.parse_optim_args(spec, getattr(args, "optim_args", None))
+    build.parse_group_rules(spec, getattr(args, "optim_groups", None))
     if spec.target_modules and getattr(args, "optim_target_modules", None) is None:
         raise ValueError(
             f"optim={name!r} needs `optim_target_modules` (e.g. ['self_attn', 'mlp'] or 'all-linear'): the "
@@ -81,15 +82,31 @@ def validate_training_args(args: Any) -> None:
     check_distributed(spec, args)
 
 
+_OPTIM_GROUPS_HELP = (
+    "Per-parameter rates, weight decay and optimizer options by rule: a list of rules (or its JSON string), "
+    'e.g. [{"loraplus_lr_ratio": 16}, {"params": "@embeddings", "lr": 1e-5}]. See docs/param_groups.md.'
+)
+
+
+# A dataclass that only declares the field (no __init__/__repr__/__eq__ of its own): a subclass decorated with
+# @dataclass gets ``optim_groups`` as a real field (constructor keyword, to_dict(), JSON, HfArgumentParser),
+# and an undecorated subclass keeps its parent's constructor and still reads the class default.
+@dataclass(init=False, repr=False, eq=False)
 class RegistryArgumentsMixin:
-    """Makes any ``transformers.TrainingArguments`` subclass accept registry names.
+    """Makes any ``transformers.TrainingArguments`` subclass accept registry names and ``optim_groups``.
+
+    Decorate the subclass with ``@dataclass`` so ``optim_groups`` becomes one of its fields.
 
     Example (TRL)::
 
         @dataclass
         class SFTConfig(RegistryArgumentsMixin, trl.SFTConfig):
             pass
+
+        SFTConfig("out", optim="muon", optim_groups=[{"params": "@embeddings", "lr": 1e-5}])
     """
+
+    optim_groups: list[dict[str, Any]] | str | None = field(default=None, metadata={"help": _OPTIM_GROUPS_HELP})
 
     def __post_init__(self) -> None:
         optim = _plain(self.optim)
