@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -134,6 +135,9 @@ def option_table(spec: OptimizerSpec) -> list[Option]:
 def group_option_table(spec: OptimizerSpec) -> dict[str, Option]:
     """Per-group options ``optim_groups`` rules may set for ``spec``, typed (lr / weight_decay excluded)."""
     table = {o.name: o for o in option_table(spec)}
+    if "betas" in table and "betas" not in spec.option_map:
+        # The TrainingArguments pair (adam_beta1, adam_beta2): in a group it must be a valid pair too.
+        table["betas"] = dataclasses.replace(table["betas"], length=2, low=0.0, high=1.0, high_open=True)
     names = spec.group_options
     if names is None:
         target = spec.target if isinstance(spec.target, str) else ""
