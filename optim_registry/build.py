@@ -265,9 +265,14 @@ def _route(ctx: BuildContext, groups: list[dict[str, Any]]) -> list[dict[str, An
     names: dict[int, str] = {}
     for n, p in ctx.model.named_parameters():
         names.setdefault(id(p), n)
+    matrix_lr = option(routing.lr_option)
+    other_lr = option(routing.other_lr_option)
     return split_matrix_groups(
-        groups, names, routes, flag=routing.flag, matrix_lr=float(option(routing.lr_option)),
-        other_lr=ctx.hparams["lr"], matrix_weight_decay=option(routing.weight_decay_option),
+        groups, names, routes, flag=routing.flag,
+        matrix_lr=float(ctx.hparams["lr"] if matrix_lr is None else matrix_lr),
+        other_lr=float(ctx.hparams["lr"] if other_lr is None else other_lr),
+        matrix_weight_decay=option(routing.weight_decay_option),
+        other_weight_decay=option(routing.other_weight_decay_option),
     )
 
 

@@ -227,11 +227,12 @@ def split_matrix_groups(
     matrix_lr: float,
     other_lr: float,
     matrix_weight_decay: float | None = None,
+    other_weight_decay: float | None = None,
 ) -> list[dict[str, Any]]:
     """Each group split into its matrix-side part (``flag=True``, first) and the rest (``flag=False``).
 
     Every part carries its own ``lr`` (a scheduler scales each from its own start); a decayed
-    matrix part takes ``matrix_weight_decay`` when given.
+    part takes ``matrix_weight_decay`` / ``other_weight_decay`` when given.
     """
     matrices: list[dict[str, Any]] = []
     others: list[dict[str, Any]] = []
@@ -242,7 +243,19 @@ def split_matrix_groups(
                 continue
             part = {k: v for k, v in group.items() if k != "params"}
             part.update({"lr": matrix_lr if is_matrix else other_lr, flag: is_matrix})
-            if is_matrix and matrix_weight_decay is not None and part.get("weight_decay", 0.0) > 0:
-                part["weight_decay"] = matrix_weight_decay
+            decay = matrix_weight_decay if is_matrix else other_weight_decay
+            if decay is not None and part.get("weight_decay", 0.0) > 0:
+                part["weight_decay"] = decay
             out.append({"params": params, **part})
     return matrices + others
+
+
+def split_by_dtype(groups: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each group split so that every part holds parameters of one dtype (FlashOptim needs that)."""
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        by_dtype: dict[Any, list[Any]] = {}
+        for p in group["params"]:
+            by_dtype.setdefault(p.dtype, []).append(p)
+        out.extend({**group, "params": params} for params in by_dtype.values())
+    return out

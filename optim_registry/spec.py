@@ -112,10 +112,14 @@ class MatrixRouting:
     """
 
     flag: str
-    lr_option: str
+    #: Option holding the matrices' rate (``None``: the learning rate).
+    lr_option: str | None
     weight_decay_option: str | None = None
     #: 3-D expert stacks (``experts.gate_up_proj``) count as one matrix per expert.
     experts: bool = False
+    #: Options holding the AdamW side's rate / weight decay (``None``: the learning rate / weight decay).
+    other_lr_option: str | None = None
+    other_weight_decay_option: str | None = None
 
 
 @dataclass(frozen=True)

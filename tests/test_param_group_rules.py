@@ -447,3 +447,18 @@ def test_groups_are_deterministic(tiny_model):
     layout = [[(id(p), g["lr"], g["weight_decay"]) for p in g["params"]] for g in first.param_groups]
     assert layout == [[(id(p), g["lr"], g["weight_decay"]) for p in g["params"]] for g in second.param_groups]
     assert math.isclose(first.param_groups[0]["lr"], second.param_groups[0]["lr"])
+
+
+def test_groups_command_shows_loraplus_on_a_lora_model(capsys):
+    from optim_registry.cli import main
+
+    code = main(["groups", "--optim", "adamw_torch", "--lora", "r=8,target=q_proj,v_proj", "--learning-rate", "2e-4",
+                 "--optim-groups", '[{"loraplus_lr_ratio": 16}]', "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    by_lr = {round(g["lr"], 10): g for g in data["groups"]}
+    assert set(by_lr) == {2e-4, 3.2e-3}
+    assert all("lora_B" in n for n in by_lr[3.2e-3]["names"])
+    assert all("lora_A" in n for n in by_lr[2e-4]["names"])
+    assert main(["groups", "--optim", "adamw_torch", "--optim-groups", '[{"params": "nope", "lr": 1}]']) == 2
+    assert "matches no trainable parameter" in capsys.readouterr().err
