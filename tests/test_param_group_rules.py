@@ -462,3 +462,51 @@ def test_groups_command_shows_loraplus_on_a_lora_model(capsys):
     assert all("lora_A" in n for n in by_lr[2e-4]["names"])
     assert main(["groups", "--optim", "adamw_torch", "--optim-groups", '[{"params": "nope", "lr": 1}]']) == 2
     assert "matches no trainable parameter" in capsys.readouterr().err
+
+
+def test_llama_factory_loraplus_rule():
+    """LLaMA-Factory's own LoRA+ split: lora_embedding_B at the embedding rate, lora_B / 1-D at ratio x lr,
+    everything else (lora_embedding_A included) at lr. Reproduced by the shorthand plus one rule."""
+    model = lora_model()
+    ratio, emb_lr = 8.0, 2e-5
+    rules = [{"loraplus_lr_ratio": ratio, "loraplus_lr_embedding": emb_lr}, {"params": "lora_embedding_A", "lr": LR}]
+    got = rates(model, create_optimizer(args(groups=rules), model))
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if "lora_embedding_B" in name:
+            expected = emb_lr
+        elif "lora_B" in name or p.ndim == 1:
+            expected = LR * ratio
+        else:
+            expected = LR
+        assert got[name][0] == pytest.approx(expected), name
+
+
+def test_axolotl_style_rules(tiny_model):
+    rules = [{"params": "@embeddings", "lr_scale": 0.1}, {"params": ["q_proj", "v_proj"], "lr": 1e-4}]
+    got = rates(tiny_model, create_optimizer(args(groups=rules), tiny_model))
+    assert got["model.embed_tokens.weight"][0] == pytest.approx(LR * 0.1)
+    assert got["model.layers.1.self_attn.v_proj.weight"][0] == pytest.approx(1e-4)
+    assert got["model.layers.1.self_attn.k_proj.weight"][0] == pytest.approx(LR)
+
+
+def test_vision_tower_and_projector_recipe():
+    from torch import nn
+
+    class TinyVLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Module()
+            self.model.vision_tower = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+            self.model.multi_modal_projector = nn.Linear(8, 16)
+            self.language_model = tiny_model()
+
+    model = TinyVLM()
+    rules = [{"params": r"^model\.vision_tower\.", "lr": 2e-6},
+             {"params": "multi_modal_projector", "lr": 1e-5, "weight_decay": 0.0}]
+    got = rates(model, create_optimizer(args(groups=rules, weight_decay=0.1), model))
+    assert got["model.vision_tower.0.weight"] == (2e-6, 0.1)
+    assert got["model.vision_tower.1.weight"] == (2e-6, 0.0)  # a norm: no decay, as without rules
+    assert got["model.multi_modal_projector.weight"] == (1e-5, 0.0)
+    assert got["language_model.model.layers.0.mlp.up_proj.weight"] == (LR, 0.1)
