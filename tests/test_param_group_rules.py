@@ -510,3 +510,30 @@ def test_vision_tower_and_projector_recipe():
     assert got["model.vision_tower.1.weight"] == (2e-6, 0.0)  # a norm: no decay, as without rules
     assert got["model.multi_modal_projector.weight"] == (1e-5, 0.0)
     assert got["language_model.model.layers.0.mlp.up_proj.weight"] == (LR, 0.1)
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "muon", "adamw_torch_layerwise"])
+def test_rules_through_the_trainer_train_and_resume_exactly(optim, tmp_path):
+    from optim_registry.testing import check_optimizer
+
+    report = check_optimizer(optim, workdir=str(tmp_path), optim_groups=RULES, lr_scheduler_type="cosine",
+                             warmup_steps=1)
+    assert report.checks.get("exact_resume") and report.checks.get("all_params_moved"), report.failures
+    assert report.ok, report.failures
+
+
+def test_trainer_logs_each_group_rate_and_follows_the_schedule(tmp_path):
+    from optim_registry.testing import run
+
+    trainer = run("adamw_torch", str(tmp_path), optim_groups=[{"params": "@embeddings", "lr": 1e-4}],
+                  lr_scheduler_type="cosine", warmup_steps=1, max_steps=4, learning_rate=1e-2)
+    logs = [h for h in trainer.state.log_history if "learning_rate/group_0" in h]
+    assert len(logs) >= 3
+    names = names_of(trainer.model)
+    groups = trainer.optimizer.param_groups
+    emb = next(i for i, g in enumerate(groups) if any(names[id(p)] == "model.embed_tokens.weight" for p in g["params"]))
+    other = next(i for i in range(len(groups)) if i != emb)
+    ratios = [h[f"learning_rate/group_{emb}"] / h[f"learning_rate/group_{other}"] for h in logs
+              if h[f"learning_rate/group_{other}"] > 0]
+    assert ratios and all(r == pytest.approx(1e-4 / 1e-2) for r in ratios)
+    assert len({h[f"learning_rate/group_{other}"] for h in logs}) >= 3  # the cosine really moved
