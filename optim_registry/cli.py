@@ -412,24 +412,20 @@ def describe_groups(ns: argparse.Namespace) -> dict[str, Any]:
         _cls, built = build.get_optimizer_cls_and_kwargs(args, model)
         ctx_groups = build.make_context(args, model, spec).groups or []
     groups = built.get("params") if isinstance(built.get("params"), list) else ctx_groups
+    from .param_groups import group_layout
+
     names = {id(p): n for n, p in model.named_parameters()}
     routes = build.matrix_routes(spec, build.make_context(args, None, spec).options, model) if spec.routing else {}
     rows = []
-    for i, g in enumerate(groups):
-        params = g["params"]
-        options = {k: v for k, v in g.items() if k not in ("params", "lr", "weight_decay")}
+    for i, (g, entry) in enumerate(zip(groups, group_layout(groups, model))):
+        if entry["lr"] is None:
+            entry["lr"] = float(args.learning_rate)
+        if entry["weight_decay"] is None:
+            entry["weight_decay"] = float(args.weight_decay)
         if routes:
-            kinds = dict.fromkeys(routes.get(names.get(id(p), ""), "?") for p in params)
-            options["routes"] = "+".join(kinds)
-        rows.append({
-            "group": i,
-            "tensors": len(params),
-            "elements": sum(p.numel() for p in params),
-            "names": [names.get(id(p), "?") for p in params],
-            "lr": g.get("lr", args.learning_rate),
-            "weight_decay": g.get("weight_decay", args.weight_decay),
-            "options": options,
-        })
+            kinds = dict.fromkeys(routes.get(names.get(id(p), ""), "?") for p in g["params"])
+            entry["options"]["routes"] = "+".join(kinds)
+        rows.append({"group": i, "tensors": len(entry["names"]), **entry})
     return {"model": label, "optim": ns.optim, "optim_groups": ns.optim_groups, "groups": rows}
 
 

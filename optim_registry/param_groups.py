@@ -259,3 +259,40 @@ def split_by_dtype(groups: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             by_dtype.setdefault(p.dtype, []).append(p)
         out.extend({**group, "params": params} for params in by_dtype.values())
     return out
+
+
+def group_layout(param_groups: Iterable[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
+    """Each param group as plain, JSON-able data: parameter names, starting rate, weight decay, options.
+
+    Deterministic for a given model and arguments (what a checkpoint can record to refuse resuming into
+    another layout, and what ``optim-registry groups`` prints). The rate is the schedule's starting rate
+    (``initial_lr``) when a scheduler has run.
+    """
+    names: dict[int, str] = {}
+    for n, p in model.named_parameters():
+        names.setdefault(id(p), n)
+    layout = []
+    for group in param_groups:
+        lr = group.get("initial_lr", group.get("lr"))
+        options = {
+            k: _plain_value(v) for k, v in group.items()
+            if k not in ("params", "lr", "initial_lr", "weight_decay", "param_names")
+        }
+        layout.append({
+            "names": [names.get(id(p), "?") for p in group["params"]],
+            "elements": sum(p.numel() for p in group["params"]),
+            "lr": None if lr is None else float(lr),
+            "weight_decay": None if group.get("weight_decay") is None else float(group["weight_decay"]),
+            "options": options,
+        })
+    return layout
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
+        return value.item()
+    return repr(value)

@@ -444,9 +444,14 @@ def test_groups_are_deterministic(tiny_model):
     a = args("muon", [{"layer_decay": 0.9}, {"params": "@no_decay", "lr_scale": 2.0}], weight_decay=0.1)
     first = create_optimizer(a, tiny_model)
     second = create_optimizer(a, tiny_model)
-    layout = [[(id(p), g["lr"], g["weight_decay"]) for p in g["params"]] for g in first.param_groups]
-    assert layout == [[(id(p), g["lr"], g["weight_decay"]) for p in g["params"]] for g in second.param_groups]
-    assert math.isclose(first.param_groups[0]["lr"], second.param_groups[0]["lr"])
+    from optim_registry.param_groups import group_layout
+
+    layout = group_layout(first.param_groups, tiny_model)
+    assert layout == group_layout(second.param_groups, tiny_model)
+    assert json.loads(json.dumps(layout)) == layout  # what a checkpoint can record
+    other = tiny_model.__class__(tiny_model.config)  # a fresh model of the same shape: the same layout
+    assert group_layout(create_optimizer(a, other).param_groups, other) == layout
+    assert math.isclose(layout[0]["lr"], first.param_groups[0]["lr"])
 
 
 def test_groups_command_shows_loraplus_on_a_lora_model(capsys):
