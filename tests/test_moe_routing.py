@@ -134,3 +134,22 @@ def test_groups_command_on_a_moe_config(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "use_muon=True, routes=matrix+experts" in out and "experts.gate_up_proj" in out
     assert "routes=embedding" in out
+
+
+def test_a_muon_step_on_an_expert_stack_equals_one_step_per_expert_matrix():
+    from optim_registry.optimizers.muon import MuonWithAdamW
+
+    g = torch.Generator().manual_seed(0)
+    stack = torch.nn.Parameter(torch.randn(3, 6, 4, generator=g))
+    grads = [torch.randn(3, 6, 4, generator=g) for _ in range(2)]
+    singles = [torch.nn.Parameter(stack.detach()[i].clone()) for i in range(3)]
+    batched = MuonWithAdamW([{"params": [stack], "use_muon": True}], lr=0.02, weight_decay=0.1)
+    separate = MuonWithAdamW([{"params": singles, "use_muon": True}], lr=0.02, weight_decay=0.1)
+    for grad in grads:
+        stack.grad = grad.clone()
+        for i, p in enumerate(singles):
+            p.grad = grad[i].clone()
+        batched.step()
+        separate.step()
+    for i, p in enumerate(singles):
+        assert torch.allclose(stack.detach()[i], p.detach(), atol=1e-6, rtol=0)
