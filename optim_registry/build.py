@@ -334,8 +334,46 @@ def create_optimizer(args: Any, model: Any) -> Any:
     cls, kwargs = get_optimizer_cls_and_kwargs(args, model)
     weight_decay = float(args.weight_decay)
     optimizer = instantiate(cls, kwargs, model, lambda: build_groups(model, weight_decay=weight_decay))
+    check_rules_applied(args, optimizer, model)
     finalize(optimizer, spec, model)
     return optimizer
+
+
+def check_rules_applied(args: Any, optimizer: Any, model: Any) -> None:
+    """``ValueError`` when ``optim_groups`` rules were given but the built optimizer's groups ignore them.
+
+    A builder (a plugin's, or a factory) that builds its own groups from the model would drop the rules
+    without a word; each parameter's starting rate and weight decay are compared with what the rules give.
+    """
+    if not getattr(args, "optim_groups", None) or model is None:
+        return
+    spec = spec_for(_name_of(args))
+    ctx = make_context(args, model, spec)
+    if not ctx.rules or ctx.groups is None:
+        return
+    planned = {id(p): g for g in ctx.groups for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in getattr(optimizer, "param_groups", None) or ():
+        for p in group["params"]:
+            want = planned.get(id(p))
+            if want is None:
+                continue
+            # initial_lr too: a scheduler starts each group from it, so a wrong one undoes the rules at step 1.
+            for key in ("lr", "initial_lr", "weight_decay"):
+                have = group.get(key)
+                wanted = want.get("lr" if key == "initial_lr" else key)
+                if have is None or wanted is None:
+                    continue
+                if not _close(float(have), float(wanted)):
+                    raise ValueError(
+                        f"optim={spec.name!r}: the optimizer its builder made ignores optim_groups: parameter "
+                        f"{names.get(id(p), '?')} has {key}={float(have):g}, the rules give {float(wanted):g}. "
+                        "A builder must build on BuildContext.groups (docs/plugins.md), or drop optim_groups."
+                    )
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-12 + 1e-9 * max(abs(a), abs(b))
 
 
 def check_device(spec: OptimizerSpec, model: Any = None) -> None:

@@ -204,6 +204,7 @@ class OptimRegistryMixin:
             build.check_device(spec, opt_model)
             with decay_names_override(self.get_decay_parameter_names(opt_model)):
                 optimizer = super().create_optimizer(model)  # type: ignore[misc]
+                build.check_rules_applied(self.args, unwrap_optimizer(optimizer), opt_model)
             build.finalize(unwrap_optimizer(optimizer), spec, opt_model)
         else:
             optimizer = super().create_optimizer(model)  # type: ignore[misc]

@@ -301,11 +301,14 @@ def _with_lr(model, optimizer):
         ("lion_8bit", {}),
         ("schedule_free_adamw", {}),
         ("adamw_torch_layerwise", {"max_grad_norm": 0}),
+        ("flash_adamw", {"optim_args": "quantize=false"}),
+        ("po_muon", {}),
     ],
 )
 def test_rules_train_every_family_and_move_every_parameter(optim, extra):
     model = tiny_model()
-    opt = create_optimizer(args(optim, RULES, weight_decay=0.1, **extra), model)
+    a = args(optim, RULES, weight_decay=0.1, lr_scheduler_type="cosine", **extra)
+    opt = create_optimizer(a, model)
     lrs = _with_lr(model, opt)
     assert lrs["model.embed_tokens.weight"] == pytest.approx(2e-4)
     assert lrs["model.layers.0.mlp.up_proj.weight"] == pytest.approx(LR * 0.5)
@@ -318,8 +321,14 @@ def test_rules_train_every_family_and_move_every_parameter(optim, extra):
             assert projected in ({True}, {False})
             assert ("rank" in g) == (True in projected)
     before = snapshot(model)
-    train(model, opt)
+    train(model, opt, scheduler=create_scheduler(a, opt, num_training_steps=6))
     assert_all_moved(model, before)
+    # every group follows the schedule from its own starting rate
+    after = _with_lr(model, opt)
+    factor = after["model.layers.0.self_attn.q_proj.weight"] / LR
+    assert 0 < factor < 1
+    assert after["model.embed_tokens.weight"] == pytest.approx(2e-4 * factor)
+    assert after["model.layers.0.mlp.up_proj.weight"] == pytest.approx(LR * 0.5 * factor)
 
 
 def test_muon_and_dion_apply_rules_on_both_sides():
@@ -542,3 +551,19 @@ def test_trainer_logs_each_group_rate_and_follows_the_schedule(tmp_path):
               if h[f"learning_rate/group_{other}"] > 0]
     assert ratios and all(r == pytest.approx(1e-4 / 1e-2) for r in ratios)
     assert len({h[f"learning_rate/group_{other}"] for h in logs}) >= 3  # the cosine really moved
+
+
+def test_a_builder_that_ignores_the_groups_is_refused(tiny_model):
+    from optim_registry import register_optimizer, unregister_optimizer
+
+    def own_groups(ctx):
+        # a factory that builds from the model and never looks at ctx.groups
+        return (lambda: lambda model, **kw: torch.optim.SGD(model.parameters(), **kw)), {"lr": ctx.hparams["lr"]}
+
+    register_optimizer("t_rules_ignored", own_groups)
+    try:
+        with pytest.raises(ValueError, match=r"ignores optim_groups: parameter model\.embed_tokens\.weight has lr"):
+            create_optimizer(args("t_rules_ignored", [{"params": "@embeddings", "lr": 0.5}]), tiny_model)
+        create_optimizer(args("t_rules_ignored"), tiny_model)  # without rules it is the plugin's business
+    finally:
+        unregister_optimizer("t_rules_ignored")

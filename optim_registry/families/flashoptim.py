@@ -56,6 +56,10 @@ def build(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
             )
             kwargs["master_weight_bits"] = None
     if ctx.groups is not None:
-        # FlashOptim needs one dtype per group (loading a state dict is undefined otherwise).
-        kwargs["params"] = split_by_dtype(ctx.groups)
+        # FlashOptim needs one dtype per group (loading a state dict is undefined otherwise). It also puts
+        # the shared lr into every group's initial_lr, where torch schedulers start from: a group with its
+        # own rate (Muon-style groups, optim_groups rules) must say its own.
+        kwargs["params"] = [
+            {**g, "initial_lr": g["lr"]} if "lr" in g else g for g in split_by_dtype(ctx.groups)
+        ]
     return ctx.target(), kwargs

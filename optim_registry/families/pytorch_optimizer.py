@@ -52,5 +52,6 @@ def lr_in_groups(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """A2Grad sets its own step sizes and keeps no ``lr``; the Trainer's scheduler and logs read one per group."""
     kwargs = dict(ctx.kwargs)
     if ctx.groups is not None:
-        kwargs["params"] = [{**group, "lr": kwargs["lr"]} for group in ctx.groups]
+        # A group's own rate (set by optim_groups rules) wins over the shared one.
+        kwargs["params"] = [{"lr": kwargs["lr"], **group} for group in ctx.groups]
     return ctx.target(), kwargs
