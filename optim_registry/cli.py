@@ -410,12 +410,12 @@ def describe_groups(ns: argparse.Namespace) -> dict[str, Any]:
         if spec.needs_model:
             raise ValueError(f"optim={ns.optim!r} is built from the whole model: it has no param groups to show")
         _cls, built = build.get_optimizer_cls_and_kwargs(args, model)
-        ctx_groups = build.make_context(args, model, spec).groups or []
-    groups = built.get("params") if isinstance(built.get("params"), list) else ctx_groups
+        ctx = build.make_context(args, model, spec)
+    groups = built.get("params") if isinstance(built.get("params"), list) else ctx.groups or []
     from .param_groups import group_layout
 
     names = {id(p): n for n, p in model.named_parameters()}
-    routes = build.matrix_routes(spec, build.make_context(args, None, spec).options, model) if spec.routing else {}
+    routes = build.matrix_routes(spec, ctx.options, model) if spec.routing else {}
     rows = []
     for i, (g, entry) in enumerate(zip(groups, group_layout(groups, model))):
         if entry["lr"] is None:
