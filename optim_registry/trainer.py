@@ -207,6 +207,13 @@ class OptimRegistryMixin:
                 build.check_rules_applied(self.args, unwrap_optimizer(optimizer), opt_model)
             build.finalize(unwrap_optimizer(optimizer), spec, opt_model)
         else:
+            if self.optimizer is None and getattr(self.args, "optim_groups", None):
+                # optimizer_cls_and_kwargs= replaces the registry's build, rules included: say so.
+                raise ValueError(
+                    "optim_groups rules apply to the optimizer the registry builds, but optimizer_cls_and_kwargs= "
+                    "was passed to the Trainer and replaces it. Drop optimizer_cls_and_kwargs (choose the "
+                    "optimizer with optim=...), or drop optim_groups and give the groups in its kwargs['params']."
+                )
             optimizer = super().create_optimizer(model)  # type: ignore[misc]
         self._install_protocols(unwrap_optimizer(self.optimizer))
         return self.optimizer

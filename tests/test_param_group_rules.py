@@ -19,7 +19,7 @@ LR = 1e-3
 def args(optim: str = "adamw_torch", groups=None, **kw):
     kw.setdefault("learning_rate", LR)
     kw.setdefault("report_to", [])
-    return TrainingArguments("out", optim=optim, optim_groups=groups, **kw)
+    return TrainingArguments(kw.pop("output_dir", "out"), optim=optim, optim_groups=groups, **kw)
 
 
 def names_of(model):
@@ -567,3 +567,13 @@ def test_a_builder_that_ignores_the_groups_is_refused(tiny_model):
         create_optimizer(args("t_rules_ignored"), tiny_model)  # without rules it is the plugin's business
     finally:
         unregister_optimizer("t_rules_ignored")
+
+
+def test_rules_with_optimizer_cls_and_kwargs_are_refused(tmp_path, tiny_model, token_data):
+    from optim_registry import OptimTrainer
+
+    a = args(groups=[{"params": "@embeddings", "lr": 1e-5}], output_dir=str(tmp_path), max_steps=1)
+    trainer = OptimTrainer(model=tiny_model, args=a, train_dataset=token_data,
+                           optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))
+    with pytest.raises(ValueError, match="optimizer_cls_and_kwargs"):
+        trainer.create_optimizer()
