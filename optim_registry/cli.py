@@ -386,6 +386,10 @@ def describe_groups(ns: argparse.Namespace) -> dict[str, Any]:
 
     label, config = _load_model_config(ns.model_config)
     model = _meta_model(config)
+    if ns.dtype != "float32":
+        import torch
+
+        model = model.to(getattr(torch, ns.dtype))  # Q-GaLore and FlashOptim decide by the weights' dtype
     if ns.lora:
         import torch
         from peft import LoraConfig, get_peft_model
@@ -442,11 +446,13 @@ def cmd_groups(ns: argparse.Namespace) -> int:
           + (f", optim_groups={data['optim_groups']}" if data["optim_groups"] else ""))
     table = []
     for r in data["groups"]:
-        options = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
+        options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        # One wrapped column: the names, then the group's options (projection keys can be long).
+        text = _short_names(r["names"]) + (f"  [options: {options}]" if options else "")
         table.append((r["group"], f"{r['tensors']} ({_count(r['elements'])})", f"{float(r['lr']):.4g}",
-                      f"{float(r['weight_decay']):g}", options, _short_names(r["names"])))
-    print(format_table(("group", "params", "lr", "wd", "options", "names"), table, right=(0, 1, 2, 3),
-                       width=_WIDTH + 40))
+                      f"{float(r['weight_decay']):g}", text))
+    print(format_table(("group", "params", "lr", "wd", "parameters and options"), table, right=(0, 1, 2, 3),
+                       width=_WIDTH + 20))
     return 0
 
 
@@ -554,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", default="tiny",
                    help="a preset (tiny, llama-7b, llama-70b) or a path to a config.json (default: %(default)s)")
     p.add_argument("--lora", help="wrap the model in PEFT LoRA first: r=8,alpha=16,target=q_proj,v_proj")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the weights (default: %(default)s)")
     p.add_argument("--learning-rate", type=float, help="TrainingArguments.learning_rate (default: its default)")
     p.add_argument("--weight-decay", type=float, help="TrainingArguments.weight_decay (default: its default)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
