@@ -8,7 +8,7 @@ applying the rules in order to every trainable parameter (optax's ``multi_transf
 Example::
 
     rules = parse_rules([{"loraplus_lr_ratio": 16}, {"params": "@embeddings", "lr": 1e-5}])
-    plan = plan_parameters(model, rules, base)   # name -> final settings
+    groups = compose(model, groups, rules, default_lr=2e-4, no_decay=no_decay)
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _parse_selector(value: Any, where: str) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------ named sets
 
 
-def _module_of(model: Any, modules: Mapping[str, Any], name: str) -> Any:
+def _owner(modules: Mapping[str, Any], name: str) -> Any:
     return modules.get(name.rpartition(".")[0])
 
 
@@ -220,7 +220,7 @@ def named_set(
         return {n for n, _ in named if n in no_decay}
     modules = dict(model.named_modules())
     if set_name == "@norms":
-        return {n for n, _ in named if is_norm_module(_module_of(model, modules, n))}
+        return {n for n, _ in named if is_norm_module(_owner(modules, n))}
     if set_name == "@embeddings":
         ids = _io_params(model, "get_input_embeddings")
         ids |= {id(m.weight) for m in modules.values() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
@@ -321,14 +321,6 @@ def block_layers(model: Any, named: Sequence[tuple[str, Any]]) -> tuple[str, int
 
 
 # ------------------------------------------------------------------------------------ application
-
-
-@dataclass
-class ParamPlan:
-    """A parameter's settings once every rule is applied (``lr`` is final, scales included)."""
-
-    name: str
-    settings: dict[str, Any]
 
 
 def apply_rules(
