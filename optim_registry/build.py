@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -82,8 +83,9 @@ class BuildContext:
     options: dict[str, Any]  # the record's own options, typed (given ones, plus defaults marked `send`)
     hparams: dict[str, Any]  # lr, betas, eps, weight_decay after optim_args overrides
     kwargs: dict[str, Any]  # generic constructor kwargs: lr, hparams, fixed, options
-    groups: list[dict[str, Any]] | None = None  # param groups (weight decay / targets) when a model is given
+    groups: list[dict[str, Any]] | None = None  # param groups (weight decay / targets / routing / rules)
     given: dict[str, Any] = field(default_factory=dict)  # exactly what optim_args said, typed
+    rules: tuple[Any, ...] = ()  # parsed optim_groups rules (already applied to ``groups``)
 
     def target(self) -> Any:
         return load_target(self.spec)
@@ -91,11 +93,13 @@ class BuildContext:
     def with_groups(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``kwargs`` plus ``params=self.groups`` when the Trainer's own groups would be wrong.
 
-        That is when target modules split the parameters, or ``optim_args`` overrode ``weight_decay``
+        That is when target modules, routing or ``optim_groups`` split the parameters, or ``optim_args`` overrode ``weight_decay``
         (the Trainer builds its groups from ``args.weight_decay``). Otherwise the Trainer builds the
         groups, as transformers does, honouring an overridden ``get_decay_parameter_names``.
         """
-        if self.groups is not None and (self.spec.target_modules or "weight_decay" in self.given):
+        if self.groups is not None and (
+            self.spec.target_modules or "weight_decay" in self.given or self.rules or self.spec.routing
+        ):
             kwargs["params"] = self.groups
         return kwargs
 
@@ -147,6 +151,36 @@ def option_table(spec: OptimizerSpec) -> list[Option]:
     declared = {o.name for o in table}
     table += [hparam_option(spec, h) for h in ("lr", "betas", "eps", "weight_decay") if h in spec.hparams and h not in declared]
     return table
+
+
+def group_option_table(spec: OptimizerSpec) -> dict[str, Option]:
+    """Per-group options ``optim_groups`` rules may set for ``spec``, typed (lr / weight_decay excluded)."""
+    table = {o.name: o for o in option_table(spec)}
+    if "betas" in table and "betas" not in spec.option_map:
+        # The TrainingArguments pair (adam_beta1, adam_beta2): in a group it must be a valid pair too.
+        table["betas"] = dataclasses.replace(table["betas"], length=2, low=0.0, high=1.0, high_open=True)
+    names = spec.group_options
+    if names is None:
+        target = spec.target if isinstance(spec.target, str) else ""
+        # torch.optim classes put every constructor option into their defaults: all are per group.
+        names = frozenset(table) if target.startswith("torch.optim:") else frozenset({"betas", "eps"}) & spec.hparams
+    return {n: table[n] for n in sorted(names) if n in table and n not in ("lr", "weight_decay")}
+
+
+def parse_group_rules(spec: OptimizerSpec, raw: Any) -> tuple[Any, ...]:
+    """Typed ``optim_groups`` rules for ``spec``; refuses names whose update cannot honour them."""
+    from .group_rules import load_rules, parse_rules
+
+    if raw is None or (not isinstance(raw, str) and not load_rules(raw)):
+        return ()
+    rules = parse_rules(raw, group_option_table(spec), subject=f"optim={spec.name!r}")
+    if rules and spec.needs_model:
+        raise ValueError(
+            f"optim={spec.name!r} is built with the whole model and steps every parameter with one rate and "
+            "weight decay (LOMO-style fused backward or a model-built optimizer), so optim_groups rules cannot "
+            "apply. Drop optim_groups, or choose a name that takes param groups (e.g. optim='adamw_torch')."
+        )
+    return rules
 
 
 def parse_optim_args(spec: OptimizerSpec, raw: Any) -> dict[str, Any]:
@@ -235,24 +269,84 @@ def make_context(args: Any, model: Any = None, spec: OptimizerSpec | None = None
             kwargs[key] = hp[key]
     kwargs.update(spec.fixed)
     kwargs.update({k: v for k, v in options.items() if k not in spec.target_options})
-    ctx = BuildContext(spec=spec, args=args, model=model, options=options, hparams=hp, kwargs=kwargs, given=given)
-    if (spec.needs_model or spec.target_modules or spec.layerwise) and model is None:
+    rules = parse_group_rules(spec, getattr(args, "optim_groups", None))
+    ctx = BuildContext(
+        spec=spec, args=args, model=model, options=options, hparams=hp, kwargs=kwargs, given=given, rules=rules
+    )
+    if (spec.needs_model or spec.target_modules or spec.layerwise or rules) and model is None:
         ctx.require_model()
     if model is not None and not spec.needs_model:
-        targets: list[str] = []
-        if spec.target_modules:
-            targets = target_linear_weights(
-                model, getattr(args, "optim_target_modules", None), subject=f"optim={spec.name!r}"
-            )
-        target_opts = {k: v for k, v in options.items() if k in spec.target_options}
-        ctx.groups = build_groups(
-            model,
-            weight_decay=hp["weight_decay"],
-            decay_names=_DECAY_NAMES.get(),
-            targets=targets,
-            target_options=target_opts,
-        )
+        ctx.groups = compose_groups(ctx)
     return ctx
+
+
+def compose_groups(ctx: BuildContext) -> list[dict[str, Any]]:
+    """The one place groups are made: weight-decay split x target modules, matrix routing, then the rules.
+
+    Pure over the model (nothing in it changes); every mistake is raised before anything is built.
+    """
+    spec, model, options, hp = ctx.spec, ctx.model, ctx.options, ctx.hparams
+    targets: list[str] = []
+    if spec.target_modules:
+        targets = target_linear_weights(
+            model, getattr(ctx.args, "optim_target_modules", None), subject=f"optim={spec.name!r}"
+        )
+    target_opts = {k: v for k, v in options.items() if k in spec.target_options}
+    decay_names = _DECAY_NAMES.get()
+    groups = build_groups(
+        model, weight_decay=hp["weight_decay"], decay_names=decay_names, targets=targets, target_options=target_opts
+    )
+    if spec.routing is not None:
+        groups = _route(ctx, groups)
+    if ctx.rules:
+        from .group_rules import compose
+        from .param_groups import decay_parameter_names
+
+        decay = set(decay_parameter_names(model) if decay_names is None else decay_names)
+        no_decay = {n for n, p in model.named_parameters() if p.requires_grad and n not in decay}
+        groups = compose(model, groups, ctx.rules, default_lr=hp["lr"], no_decay=no_decay)
+    return groups
+
+
+def matrix_routes(spec: OptimizerSpec, options: dict[str, Any], model: Any) -> dict[str, str]:
+    """Each trainable parameter's route under ``spec.routing`` (see ``param_groups.ROUTES``)."""
+    from .param_groups import DEFAULT_MATRIX_EXCLUDE, route_matrices
+
+    routing = spec.routing
+    declared = spec.option_map
+    exclude = options.get("exclude", declared["exclude"].default) if "exclude" in declared else DEFAULT_MATRIX_EXCLUDE
+    lora = options.get("lora_to_adamw", True) if "lora_to_adamw" in declared else True
+    experts = bool(routing and routing.experts) and bool(options.get("expert_matrices", True))
+    return route_matrices(model, exclude=exclude, lora_to_adamw=bool(lora), experts=experts)
+
+
+def _route(ctx: BuildContext, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from .param_groups import split_matrix_groups
+
+    routing = ctx.spec.routing
+    if routing is None:
+        return groups
+    options = ctx.options
+    declared = ctx.spec.option_map
+
+    def option(name: str | None) -> Any:
+        if name is None or name not in declared:
+            return None
+        return options.get(name, declared[name].default)
+
+    routes = matrix_routes(ctx.spec, options, ctx.model)
+    names: dict[int, str] = {}
+    for n, p in ctx.model.named_parameters():
+        names.setdefault(id(p), n)
+    matrix_lr = option(routing.lr_option)
+    other_lr = option(routing.other_lr_option)
+    return split_matrix_groups(
+        groups, names, routes, flag=routing.flag,
+        matrix_lr=float(ctx.hparams["lr"] if matrix_lr is None else matrix_lr),
+        other_lr=float(ctx.hparams["lr"] if other_lr is None else other_lr),
+        matrix_weight_decay=option(routing.weight_decay_option),
+        other_weight_decay=option(routing.other_weight_decay_option),
+    )
 
 
 def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dict[str, Any]]:
@@ -274,6 +368,9 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         cls, kwargs = checked_result(spec, builder, builder(ctx))
     else:
         cls, kwargs = ctx.target(), ctx.with_groups(dict(ctx.kwargs))
+    if ctx.rules and not is_factory(cls) and not any(k in kwargs for k in ("params", "model", "optimizer_dict")):
+        # A builder that left the groups to the Trainer would drop the rules: hand it the composed ones.
+        kwargs = {**kwargs, "params": ctx.groups}
     if spec.layerwise:
         from .layerwise_build import layerwise_factory
 
@@ -417,8 +514,46 @@ def create_optimizer(args: Any, model: Any) -> Any:
     cls, kwargs = get_optimizer_cls_and_kwargs(args, model)
     weight_decay = float(args.weight_decay)
     optimizer = instantiate(cls, kwargs, model, lambda: build_groups(model, weight_decay=weight_decay))
+    check_rules_applied(args, optimizer, model)
     finalize(optimizer, spec, model)
     return optimizer
+
+
+def check_rules_applied(args: Any, optimizer: Any, model: Any) -> None:
+    """``ValueError`` when ``optim_groups`` rules were given but the built optimizer's groups ignore them.
+
+    A builder (a plugin's, or a factory) that builds its own groups from the model would drop the rules
+    without a word; each parameter's starting rate and weight decay are compared with what the rules give.
+    """
+    if not getattr(args, "optim_groups", None) or model is None:
+        return
+    spec = spec_for(_name_of(args))
+    ctx = make_context(args, model, spec)
+    if not ctx.rules or ctx.groups is None:
+        return
+    planned = {id(p): g for g in ctx.groups for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in getattr(optimizer, "param_groups", None) or ():
+        for p in group["params"]:
+            want = planned.get(id(p))
+            if want is None:
+                continue
+            # initial_lr too: a scheduler starts each group from it, so a wrong one undoes the rules at step 1.
+            for key in ("lr", "initial_lr", "weight_decay"):
+                have = group.get(key)
+                wanted = want.get("lr" if key == "initial_lr" else key)
+                if have is None or wanted is None:
+                    continue
+                if not _close(float(have), float(wanted)):
+                    raise ValueError(
+                        f"optim={spec.name!r}: the optimizer its builder made ignores optim_groups: parameter "
+                        f"{names.get(id(p), '?')} has {key}={float(have):g}, the rules give {float(wanted):g}. "
+                        "A builder must build on BuildContext.groups (docs/plugins.md), or drop optim_groups."
+                    )
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-12 + 1e-9 * max(abs(a), abs(b))
 
 
 def check_device(spec: OptimizerSpec, model: Any = None) -> None:

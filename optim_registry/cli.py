@@ -1,9 +1,10 @@
-"""The ``optim-registry`` command line: ``list``, ``show``, ``compare`` and ``memory``.
+"""The ``optim-registry`` command line: ``list``, ``show``, ``compare``, ``memory`` and ``groups``.
 
 ``list`` and ``show`` read the registry records only: they import no optimizer package (``show`` of a
 plugin name imports that plugin, to read its options). ``compare`` trains the bundled tiny Llama with
 each optimizer (see ``compare.py``); ``memory`` estimates optimizer-state memory for a model shape
-built on the meta device.
+built on the meta device; ``groups`` prints the param groups a name and ``optim_groups`` rules give a
+model shape (also on the meta device).
 
 Run it as ``optim-registry ...`` once installed, or ``python -m optim_registry.cli ...`` from a checkout.
 """
@@ -152,6 +153,7 @@ def show_dict(spec: Any) -> dict[str, Any]:
         "training_arguments": sorted(spec.hparams),
         "options": {k: {"type": t, "default": d, "meaning": m} for k, t, d, m in docgen.option_rows(spec)},
         "parameter_groups": docgen.grouping_text(spec),
+        "optim_groups_keys": _rule_keys(spec),
         "protocol": spec.protocol,
         "distributed": docgen.distributed_support(spec),
         "fsdp2": {"math": spec.distributed.fsdp2_math,
@@ -163,6 +165,14 @@ def show_dict(spec: Any) -> dict[str, Any]:
         "base": spec.base,
         "snippet": docgen.snippet(spec),
     }
+
+
+def _rule_keys(spec: Any) -> list[str]:
+    """The keys an ``optim_groups`` rule accepts for ``spec`` (none when the name refuses rules)."""
+    from .build import group_option_table
+    from .group_rules import accepted_keys
+
+    return [] if spec.needs_model else accepted_keys(group_option_table(spec))
 
 
 def cmd_show(ns: argparse.Namespace) -> int:
@@ -191,6 +201,8 @@ def cmd_show(ns: argparse.Namespace) -> int:
         para("NOT USABLE", f"cannot train through a Trainer: {spec.unsupported}")
     para("uses", "TrainingArguments " + docgen.hparam_text(spec))
     para("groups", docgen.grouping_text(spec))
+    if data["optim_groups_keys"]:
+        para("rule keys", "optim_groups rules take " + ", ".join(data["optim_groups_keys"]))
     para("protocol", f"{spec.protocol}: {docgen.protocol_text(spec)}")
     para("state", docgen.state_text(spec))
     para("resume", spec.resume)
@@ -328,6 +340,127 @@ def cmd_memory(ns: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+# -- groups ---------------------------------------------------------------------------------------
+def parse_lora(text: str) -> dict[str, Any]:
+    """``r=8,alpha=16,target=q_proj,v_proj`` -> peft ``LoraConfig`` keywords (a bare word after ``target=``
+    is one more target module)."""
+    out: dict[str, Any] = {"r": 8, "target_modules": []}
+    key = None
+    for token in _split(text):
+        if "=" in token:
+            key, _, value = token.partition("=")
+            key = key.strip()
+        elif key in ("target", "target_modules"):
+            value = token
+        else:
+            raise ValueError(f"--lora token {token!r} is not key=value (keys: r, alpha, dropout, target)")
+        value = value.strip()
+        if key == "r":
+            out["r"] = int(value)
+        elif key in ("alpha", "lora_alpha"):
+            out["lora_alpha"] = int(value)
+        elif key in ("dropout", "lora_dropout"):
+            out["lora_dropout"] = float(value)
+        elif key in ("target", "target_modules"):
+            out["target_modules"].append(value)
+        else:
+            raise ValueError(f"--lora key {key!r} is not one of r, alpha, dropout, target")
+    if not out["target_modules"]:
+        out["target_modules"] = "all-linear"
+    return out
+
+
+def _short_names(names: Sequence[str], n: int = 8) -> str:
+    """A few names, layer numbers folded (``model.layers.*.self_attn.q_proj.weight``)."""
+    import re
+
+    folded: dict[str, None] = {}
+    for name in names:
+        folded.setdefault(re.sub(r"\.\d+\.", ".*.", name))
+    picked = list(folded)[:n]
+    more = len(folded) - len(picked)
+    return ", ".join(picked) + (f", ... (+{more} more)" if more > 0 else "")
+
+
+def describe_groups(ns: argparse.Namespace) -> dict[str, Any]:
+    """The groups ``--optim`` and the rules give the model (built on the meta device), as data."""
+    import tempfile
+
+    from . import build
+    from .trainer import TrainingArguments
+
+    label, config = _load_model_config(ns.model_config)
+    model = _meta_model(config)
+    if ns.dtype != "float32":
+        import torch
+
+        model = model.to(getattr(torch, ns.dtype))  # Q-GaLore and FlashOptim decide by the weights' dtype
+    if ns.lora:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        with torch.device("meta"):
+            model = get_peft_model(model, LoraConfig(**parse_lora(ns.lora)))
+        label += f" + LoRA ({ns.lora})"
+    kwargs: dict[str, Any] = {"optim": ns.optim, "report_to": [], "optim_groups": ns.optim_groups,
+                              "optim_args": ns.optim_args}
+    if ns.optim_target_modules:
+        targets = _split(ns.optim_target_modules)
+        kwargs["optim_target_modules"] = targets[0] if len(targets) == 1 and targets[0] == "all-linear" else targets
+    if ns.learning_rate is not None:
+        kwargs["learning_rate"] = ns.learning_rate
+    if ns.weight_decay is not None:
+        kwargs["weight_decay"] = ns.weight_decay
+    if build.spec_for(ns.optim).layerwise:
+        kwargs["max_grad_norm"] = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(tmp, **kwargs)
+        spec = build.spec_for(ns.optim)
+        if spec.needs_model:
+            raise ValueError(f"optim={ns.optim!r} is built from the whole model: it has no param groups to show")
+        _cls, built = build.get_optimizer_cls_and_kwargs(args, model)
+        ctx = build.make_context(args, model, spec)
+    groups = built.get("params") if isinstance(built.get("params"), list) else ctx.groups or []
+    from .param_groups import group_layout
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    routes = build.matrix_routes(spec, ctx.options, model) if spec.routing else {}
+    rows = []
+    for i, (g, entry) in enumerate(zip(groups, group_layout(groups, model))):
+        if entry["lr"] is None:
+            entry["lr"] = float(args.learning_rate)
+        if entry["weight_decay"] is None:
+            entry["weight_decay"] = float(args.weight_decay)
+        if routes:
+            kinds = dict.fromkeys(routes.get(names.get(id(p), ""), "?") for p in g["params"])
+            entry["options"]["routes"] = "+".join(kinds)
+        rows.append({"group": i, "tensors": len(entry["names"]), **entry})
+    return {"model": label, "optim": ns.optim, "optim_groups": ns.optim_groups, "groups": rows}
+
+
+def cmd_groups(ns: argparse.Namespace) -> int:
+    try:
+        data = describe_groups(ns)
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if ns.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    print(f"optim={data['optim']} on {data['model']} (meta device)"
+          + (f", optim_groups={data['optim_groups']}" if data["optim_groups"] else ""))
+    table = []
+    for r in data["groups"]:
+        options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+        # One wrapped column: the names, then the group's options (projection keys can be long).
+        text = _short_names(r["names"]) + (f"  [options: {options}]" if options else "")
+        table.append((r["group"], f"{r['tensors']} ({_count(r['elements'])})", f"{float(r['lr']):.4g}",
+                      f"{float(r['weight_decay']):g}", text))
+    print(format_table(("group", "params", "lr", "wd", "parameters and options"), table, right=(0, 1, 2, 3),
+                       width=_WIDTH + 20))
+    return 0
+
+
 # -- compare --------------------------------------------------------------------------------------
 def cmd_compare(ns: argparse.Namespace) -> int:
     from . import compare
@@ -418,6 +551,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optim_target_modules for low-rank names (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser(
+        "groups",
+        help="the param groups a name and optim_groups rules give a model shape (meta device)",
+        description="Build the model on the meta device and print the param groups the optimizer would get: "
+        "for each group the parameters (count and a few names), its rate, weight decay and options.",
+    )
+    p.add_argument("--optim", required=True, help="an optimizer name")
+    p.add_argument("--optim-groups", help='rules as JSON, e.g. \'[{"loraplus_lr_ratio": 16}]\'')
+    p.add_argument("--optim-args", help="optim_args as 'k=v,k=v'")
+    p.add_argument("--optim-target-modules", help="comma-separated optim_target_modules, or all-linear")
+    p.add_argument("--model-config", default="tiny",
+                   help="a preset (tiny, llama-7b, llama-70b) or a path to a config.json (default: %(default)s)")
+    p.add_argument("--lora", help="wrap the model in PEFT LoRA first: r=8,alpha=16,target=q_proj,v_proj")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the weights (default: %(default)s)")
+    p.add_argument("--learning-rate", type=float, help="TrainingArguments.learning_rate (default: its default)")
+    p.add_argument("--weight-decay", type=float, help="TrainingArguments.weight_decay (default: its default)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_groups)
     return parser
 
 

@@ -143,7 +143,38 @@ def hparam_text(spec: OptimizerSpec) -> str:
 
 
 def grouping_text(spec: OptimizerSpec) -> str:
-    """How the parameters are put into groups for this record."""
+    """How the parameters are put into groups for this record, and whether ``optim_groups`` applies."""
+    if spec.needs_model:
+        return _grouping_core(spec) + "; `optim_groups` rules are refused (one rate for every parameter)"
+    text = _grouping_core(spec)
+    if spec.routing is not None:
+        text += ". " + routing_text(spec)
+    return text + ". `optim_groups` rules then refine every group (docs/param_groups.md)"
+
+
+def routing_text(spec: OptimizerSpec) -> str:
+    """Where each kind of parameter goes in a hybrid (Muon / Dion) record."""
+    routing = spec.routing
+    if routing is None:
+        return ""
+    matrix_lr = f"`{routing.lr_option}`" if routing.lr_option else "the learning rate"
+    other_lr = f"`{routing.other_lr_option}`" if routing.other_lr_option else "the learning rate"
+    options = spec.option_map
+    parts = [f"Routing (`{routing.flag}`): hidden 2-D weights -> matrix side at {matrix_lr}"]
+    if routing.experts:
+        parts.append("3-D MoE expert stacks (`experts.gate_up_proj`, `experts.down_proj`) -> matrix side, one "
+                     "matrix per expert (`expert_matrices`)")
+    else:
+        parts.append("3-D tensors (MoE expert stacks included) -> AdamW")
+    lora = "`lora_to_adamw`" if "lora_to_adamw" in options else "always"
+    parts.append(f"LoRA factors (`lora_A`, `lora_B`) -> AdamW ({lora})")
+    exclude = "names matching `exclude`" if "exclude" in options else "names like embed/lm_head/wte/wpe/output"
+    parts.append(f"nn.Embedding weights, the input/output embedding and {exclude} -> AdamW")
+    parts.append(f"norms, biases and other tensors -> AdamW at {other_lr}")
+    return "; ".join(parts)
+
+
+def _grouping_core(spec: OptimizerSpec) -> str:
     if spec.needs_model:
         text = "built from the model itself: the optimizer (or its builder) chooses the parameters"
         if "weight_decay" in spec.hparams:

@@ -193,3 +193,150 @@ def build_groups(
 
 def trainable_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ------------------------------------------------------------------------------------ matrix routing
+
+#: Name parts (the owning module's and the parameter's own) that keep a 2-D weight off the matrix side.
+DEFAULT_MATRIX_EXCLUDE = r"embed|lm_head|wte|wpe|output"
+
+#: Why a parameter went where it went (``optim-registry show muon`` / ``groups`` print these).
+ROUTES = {
+    "matrix": "hidden 2-D weight -> matrix side",
+    "experts": "3-D expert stack (experts.gate_up_proj / down_proj) -> matrix side, one matrix per expert",
+    "embedding": "nn.Embedding or the input/output embedding -> AdamW",
+    "excluded": "name matches the exclude pattern -> AdamW",
+    "lora": "LoRA factor (lora_A / lora_B) -> AdamW (lora_to_adamw=false puts it on the matrix side)",
+    "other": "norm, bias, scalar or other non-matrix tensor -> AdamW",
+}
+
+
+def _is_expert_stack(name: str, p: Any) -> bool:
+    # transformers' MoE layers keep every expert in one 3-D parameter: (experts, out, in).
+    return p.ndim == 3 and ".experts." in f".{name}"
+
+
+def route_matrices(
+    model: nn.Module,
+    *,
+    exclude: str | None = DEFAULT_MATRIX_EXCLUDE,
+    lora_to_adamw: bool = True,
+    experts: bool = False,
+) -> dict[str, str]:
+    """Each trainable parameter's route (a key of ``ROUTES``); only ``matrix`` / ``experts`` take the matrix side.
+
+    A 2-D weight takes the matrix side unless it belongs to an ``nn.Embedding``, is the input or output
+    embedding (by identity, which catches a tied head), has ``exclude`` searched in its last two name
+    parts (``lm_head`` / ``weight`` of ``lm_head.weight``: the full path would catch BERT's
+    ``attention.output.dense``), or is a LoRA factor while ``lora_to_adamw``. With ``experts``, a 3-D
+    tensor under ``.experts.`` takes it too (each expert's matrix is orthogonalised on its own).
+    """
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        fn = getattr(model, getter, None)
+        try:
+            module = fn() if callable(fn) else None
+        except (NotImplementedError, AttributeError):
+            module = None
+        weight = getattr(module, "weight", None)
+        if weight is not None:
+            embedding_ids.add(id(weight))
+    pattern = re.compile(exclude) if exclude else None
+    routes: dict[str, str] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        parts = name.split(".")
+        if lora_to_adamw and any(part.startswith("lora_") for part in parts):
+            routes[name] = "lora"
+        elif id(p) in embedding_ids:
+            routes[name] = "embedding"
+        elif p.ndim not in (2, 3) or (p.ndim == 3 and not (experts and _is_expert_stack(name, p))):
+            routes[name] = "other"
+        elif pattern is not None and any(pattern.search(part) for part in parts[-2:]):
+            routes[name] = "excluded"
+        else:
+            routes[name] = "experts" if p.ndim == 3 else "matrix"
+    return routes
+
+
+def split_matrix_groups(
+    groups: Iterable[dict[str, Any]],
+    names: dict[int, str],
+    routes: dict[str, str],
+    *,
+    flag: str,
+    matrix_lr: float,
+    other_lr: float,
+    matrix_weight_decay: float | None = None,
+    other_weight_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """Each group split into its matrix-side part (``flag=True``, first) and the rest (``flag=False``).
+
+    Every part carries its own ``lr`` (a scheduler scales each from its own start); a decayed
+    part takes ``matrix_weight_decay`` / ``other_weight_decay`` when given.
+    """
+    matrices: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
+    for group in groups:
+        for is_matrix, out in ((True, matrices), (False, others)):
+            params = [p for p in group["params"] if (routes.get(names[id(p)]) in ("matrix", "experts")) == is_matrix]
+            if not params:
+                continue
+            part = {k: v for k, v in group.items() if k != "params"}
+            part.update({"lr": matrix_lr if is_matrix else other_lr, flag: is_matrix})
+            decay = matrix_weight_decay if is_matrix else other_weight_decay
+            if decay is not None and part.get("weight_decay", 0.0) > 0:
+                part["weight_decay"] = decay
+            out.append({"params": params, **part})
+    return matrices + others
+
+
+def split_by_dtype(groups: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each group split so that every part holds parameters of one dtype (FlashOptim needs that)."""
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        by_dtype: dict[Any, list[Any]] = {}
+        for p in group["params"]:
+            by_dtype.setdefault(p.dtype, []).append(p)
+        out.extend({**group, "params": params} for params in by_dtype.values())
+    return out
+
+
+def group_layout(param_groups: Iterable[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
+    """Each param group as plain, JSON-able data: parameter names, starting rate, weight decay, options.
+
+    Deterministic for a given model and arguments (what a checkpoint can record to refuse resuming into
+    another layout, and what ``optim-registry groups`` prints). The rate is the schedule's starting rate
+    (``initial_lr``) when a scheduler has run.
+    """
+    names: dict[int, str] = {}
+    for n, p in model.named_parameters():
+        names.setdefault(id(p), n)
+    layout = []
+    for group in param_groups:
+        lr = group.get("initial_lr", group.get("lr"))
+        options = {
+            k: _plain_value(v) for k, v in group.items()
+            if k not in ("params", "lr", "initial_lr", "weight_decay", "param_names")
+        }
+        layout.append({
+            "names": [names.get(id(p), "?") for p in group["params"]],
+            "elements": sum(p.numel() for p in group["params"]),
+            "lr": None if lr is None else float(lr),
+            "weight_decay": None if group.get("weight_decay") is None else float(group["weight_decay"]),
+            "options": options,
+        })
+    return layout
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1:
+        return value.item()
+    return repr(value)

@@ -151,6 +151,27 @@ class Distributed:
 
 
 @dataclass(frozen=True)
+class MatrixRouting:
+    """Hybrid optimizers (Muon, Dion): hidden matrices get one algorithm, everything else AdamW.
+
+    The interpreter splits the groups itself (``param_groups.route_matrices``): matrix groups carry
+    ``flag=True`` and start at the rate in option ``lr_option``; the rest carry ``flag=False`` and the
+    learning rate. Options ``exclude`` / ``lora_to_adamw`` / ``expert_matrices`` and
+    ``weight_decay_option`` steer the routing when the record declares them.
+    """
+
+    flag: str
+    #: Option holding the matrices' rate (``None``: the learning rate).
+    lr_option: str | None
+    weight_decay_option: str | None = None
+    #: 3-D expert stacks (``experts.gate_up_proj``) count as one matrix per expert.
+    experts: bool = False
+    #: Options holding the AdamW side's rate / weight decay (``None``: the learning rate / weight decay).
+    other_lr_option: str | None = None
+    other_weight_decay_option: str | None = None
+
+
+@dataclass(frozen=True)
 class OptimizerSpec:
     """Everything the registry knows about one ``optim=`` name.
 
@@ -209,6 +230,11 @@ class OptimizerSpec:
     source: str = "builtin"
     #: The record this layer-wise / preset name derives from.
     base: str | None = None
+    #: Options the optimizer reads per param group, which ``optim_groups`` rules may set (``None``: every
+    #: option of a ``torch.optim`` class, else ``betas`` / ``eps`` when taken from TrainingArguments).
+    group_options: frozenset[str] | None = None
+    #: Hidden-matrix routing of a hybrid optimizer (Muon, Dion); ``None`` for every other optimizer.
+    routing: MatrixRouting | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import transformers
@@ -45,6 +45,7 @@ def validate_training_args(args: Any) -> None:
     if spec.builder is not None and spec.source != "builtin":
         build.load_builder(spec)  # a plugin's "builder" that cannot be one is refused by name, now
     given, _ = build.check_values(spec, args)
+    build.parse_group_rules(spec, getattr(args, "optim_groups", None))
     _check_target_modules(spec, getattr(args, "optim_target_modules", None))
     check_scheduler_args(args)
     ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
@@ -113,15 +114,31 @@ def _check_target_modules(spec: Any, patterns: Any) -> None:
         )
 
 
+_OPTIM_GROUPS_HELP = (
+    "Per-parameter rates, weight decay and optimizer options by rule: a list of rules (or its JSON string), "
+    'e.g. [{"loraplus_lr_ratio": 16}, {"params": "@embeddings", "lr": 1e-5}]. See docs/param_groups.md.'
+)
+
+
+# A dataclass that only declares the field (no __init__/__repr__/__eq__ of its own): a subclass decorated with
+# @dataclass gets ``optim_groups`` as a real field (constructor keyword, to_dict(), JSON, HfArgumentParser),
+# and an undecorated subclass keeps its parent's constructor and still reads the class default.
+@dataclass(init=False, repr=False, eq=False)
 class RegistryArgumentsMixin:
-    """Makes any ``transformers.TrainingArguments`` subclass accept registry names.
+    """Makes any ``transformers.TrainingArguments`` subclass accept registry names and ``optim_groups``.
+
+    Decorate the subclass with ``@dataclass`` so ``optim_groups`` becomes one of its fields.
 
     Example (TRL)::
 
         @dataclass
         class SFTConfig(RegistryArgumentsMixin, trl.SFTConfig):
             pass
+
+        SFTConfig("out", optim="muon", optim_groups=[{"params": "@embeddings", "lr": 1e-5}])
     """
+
+    optim_groups: list[dict[str, Any]] | str | None = field(default=None, metadata={"help": _OPTIM_GROUPS_HELP})
 
     def __post_init__(self) -> None:
         optim = _plain(self.optim)
@@ -230,8 +247,16 @@ class OptimRegistryMixin(CheckpointMixin):
             build.check_device(spec, opt_model)
             with decay_names_override(self.get_decay_parameter_names(opt_model)):
                 optimizer = super().create_optimizer(model)  # type: ignore[misc]
+                build.check_rules_applied(self.args, unwrap_optimizer(optimizer), opt_model)
             build.finalize(unwrap_optimizer(optimizer), spec, opt_model)
         else:
+            if self.optimizer is None and getattr(self.args, "optim_groups", None):
+                # optimizer_cls_and_kwargs= replaces the registry's build, rules included: say so.
+                raise ValueError(
+                    "optim_groups rules apply to the optimizer the registry builds, but optimizer_cls_and_kwargs= "
+                    "was passed to the Trainer and replaces it. Drop optimizer_cls_and_kwargs (choose the "
+                    "optimizer with optim=...), or drop optim_groups and give the groups in its kwargs['params']."
+                )
             optimizer = super().create_optimizer(model)  # type: ignore[misc]
         self._install_protocols(unwrap_optimizer(self.optimizer))
         return self.optimizer

@@ -74,6 +74,6 @@ def test_hand_written_pages_name_only_registered_commands_and_names():
 
     text = "\n".join(p.read_text(encoding="utf-8") for p in DOCS.glob("*.md"))
     for command in re.findall(r"optim-registry (\w+)", text):
-        assert command in {"list", "show", "compare", "memory"}, command
+        assert command in {"list", "show", "compare", "memory", "groups"}, command
     for name in set(re.findall(r'optim="([a-z0-9_]+)"', text)):
         assert name in optimizers, f"docs use optim={name!r}, which is not registered"

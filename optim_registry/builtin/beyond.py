@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, Requirement, opt
+from ..spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, MatrixRouting, OptimizerSpec, Requirement, opt
 from .checks import positive_lr
 
 _ALL_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -18,6 +18,14 @@ _MATRIX_DISTRIBUTED = Distributed(
 )
 #: Muon shards its own Newton-Schulz across FSDP2 ranks (optim_registry.sharded.whole_matrix_map).
 _MUON_DISTRIBUTED = replace(_MATRIX_DISTRIBUTED, fsdp2_math="native")
+
+#: Routing options shared by Muon and Dion (the interpreter reads them: ``build.matrix_routes``).
+_ROUTING_OPTIONS = (
+    opt("exclude", "str", r"embed|lm_head|wte|wpe|output", "regex searched in a 2-D weight's last two name "
+        "parts (module, parameter); a match sends it to AdamW"),
+    opt("lora_to_adamw", "bool", True, "LoRA factors (lora_A / lora_B) go to AdamW; false puts them on the "
+        "matrix side"),
+)
 
 RECORDS = (
     OptimizerSpec(
@@ -69,10 +77,12 @@ RECORDS = (
         description="Dion (the registry's single-device implementation of the paper's Algorithm 1; "
         "Microsoft's package is not on PyPI): low-rank orthonormalised updates with error feedback on "
         "the hidden 2-D weight matrices, AdamW on everything else. Routing: every trainable 2-D weight "
-        "that is not an nn.Embedding, the input/output embedding or named like embed/lm_head/wte/wpe/"
-        "output -> Dion at lr=dion_lr; embeddings, the LM head, norms, biases and >2-D tensors -> AdamW "
-        "at TrainingArguments.learning_rate (with its betas/eps). The weight-decay split applies on both "
-        "sides; the scheduler scales every group from its own initial lr.",
+        "that is not an nn.Embedding, the input/output embedding, a LoRA factor (lora_to_adamw) or "
+        "matched by `exclude` -> Dion at lr=dion_lr; embeddings, the LM head, LoRA factors, norms, "
+        "biases and >2-D tensors (MoE expert stacks included) -> AdamW at "
+        "TrainingArguments.learning_rate (with its betas/eps). The weight-decay split and optim_groups "
+        "rules apply on both sides (a rule's lr on a matrix replaces dion_lr); the scheduler scales "
+        "every group from its own initial lr.",
         hparams=_ALL_HP,
         options=(
             opt("dion_lr", "float", 0.01, "learning rate of the Dion (matrix) groups", **NONNEG),
@@ -81,8 +91,11 @@ RECORDS = (
             opt("rank_fraction", "float", 1.0, "r = ceil(rank_fraction * min(rows, cols)) when rank is none",
                 low=0.0, high=1.0, low_open=True),
             opt("seed", "int", 0, "seed of the initial right factors Q"),
+            *_ROUTING_OPTIONS,
         ),
         builder="optim_registry.families.beyond:dion",
+        routing=MatrixRouting("use_dion", "dion_lr"),
+        group_options=frozenset({"betas", "eps", "momentum", "rank", "rank_fraction"}),
         supports_layerwise=False,
         state_bytes=4.0,
         paper="arXiv:2504.05295",
@@ -94,11 +107,14 @@ RECORDS = (
         family="beyond",
         description="Muon (Newton-Schulz-orthogonalised momentum, as torch.optim.Muon) on the hidden "
         "2-D weight matrices and AdamW on everything else, in one optimizer. Routing: every trainable "
-        "2-D weight that is not an nn.Embedding, the input/output embedding or named like embed/"
-        "lm_head/wte/wpe/output -> Muon at lr=muon_lr (default 0.02); embeddings, the LM head, norms, "
-        "biases and >2-D tensors -> AdamW at TrainingArguments.learning_rate (with its betas/eps). The "
-        "weight-decay split (TrainingArguments.weight_decay, none for norms/biases) applies on both "
-        "sides; the scheduler scales every group from its own initial lr, so both sides follow it.",
+        "2-D weight that is not an nn.Embedding, the input/output embedding, a LoRA factor "
+        "(lora_to_adamw) or matched by `exclude` -> Muon at lr=muon_lr (default 0.02); 3-D MoE expert "
+        "stacks (experts.gate_up_proj / experts.down_proj) -> Muon, one matrix per expert "
+        "(expert_matrices); embeddings, the LM head, LoRA factors, norms, biases and other tensors -> "
+        "AdamW at TrainingArguments.learning_rate (with its betas/eps). The weight-decay split "
+        "(TrainingArguments.weight_decay, or muon_weight_decay on the matrices; none for norms/biases) "
+        "and optim_groups rules apply on both sides (a rule's lr on a matrix replaces muon_lr); the "
+        "scheduler scales every group from its own initial lr, so both sides follow it.",
         hparams=_ALL_HP,
         options=(
             opt("muon_lr", "float", 0.02, "learning rate of the Muon (matrix) groups", **NONNEG),
@@ -108,8 +124,15 @@ RECORDS = (
             opt("adjust_lr_fn", "str", None, "shape scaling of the Muon lr: none/original = "
                 "sqrt(max(1, rows/cols)), match_rms_adamw = 0.2*sqrt(max(rows, cols))",
                 choices=("original", "match_rms_adamw")),
+            opt("muon_weight_decay", "float", None, "weight decay of the Muon matrices; none uses "
+                "TrainingArguments.weight_decay", low=0.0),
+            opt("expert_matrices", "bool", True, "3-D MoE expert stacks go to Muon, one matrix per expert; "
+                "false sends them to AdamW"),
+            *_ROUTING_OPTIONS,
         ),
         builder="optim_registry.families.beyond:muon",
+        routing=MatrixRouting("use_muon", "muon_lr", "muon_weight_decay", experts=True),
+        group_options=frozenset({"betas", "eps", "momentum", "nesterov", "ns_steps", "adjust_lr_fn"}),
         supports_layerwise=False,
         state_bytes=4.0,
         paper="https://kellerjordan.github.io/posts/muon/, arXiv:2502.16982",

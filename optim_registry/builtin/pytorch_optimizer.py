@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..spec import Distributed, OptimizerSpec, Option, Requirement, with_guessed_range
+from ..spec import Distributed, MatrixRouting, OptimizerSpec, Option, Requirement, with_guessed_range
 
 PREFIX = "po_"
 FAMILY = "pytorch_optimizer"
@@ -123,7 +123,11 @@ def record(
         target_options=frozenset(o.name for o in group_options),
         hparams=frozenset(entry["hparams"]) or frozenset({"lr"}),
         builder=f"{_BUILDERS}:{builder}" if builder else None,
-        needs_model=entry["takes"] == "model" or builder in ("muon", "adam_mini"),
+        needs_model=entry["takes"] == "model" or builder == "adam_mini",
+        # Muon-family classes: the interpreter routes hidden matrices (use_muon) and the AdamW side takes
+        # the class's adamw_lr / adamw_wd, so optim_groups rules refine both sides.
+        routing=MatrixRouting("use_muon", None, other_lr_option="adamw_lr", other_weight_decay_option="adamw_wd")
+        if builder == "muon" else None,
         supports_layerwise=supports_layerwise(name) and status == "ok" and layerwise_status == "ok",
         protocol=PROTOCOL.get(name, "step"),
         unsupported=None if status == "ok" else status,

@@ -40,36 +40,17 @@ def came(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     return ctx.target(), ctx.with_groups(kwargs)
 
 
-def matrix_groups(ctx: BuildContext, flag: str, matrix_lr: float) -> list[dict[str, Any]]:
-    """The weight-decay groups split again into hidden 2-D matrices (``flag=True``) and the rest.
-
-    Matrix groups come first and carry ``lr=matrix_lr``; the rest carry the trainer's learning rate.
-    Every group has its own ``lr``, so a scheduler scales each from its own initial value.
-    """
-    from ..optimizers.muon import split_muon_params
-
-    model = ctx.require_model()
-    hidden = {id(p) for _, p in split_muon_params(model)[0]}
-    matrices: list[dict[str, Any]] = []
-    others: list[dict[str, Any]] = []
-    for group in ctx.groups or ():
-        for is_matrix, out in ((True, matrices), (False, others)):
-            params = [p for p in group["params"] if (id(p) in hidden) == is_matrix]
-            if params:
-                out.append({
-                    "params": params,
-                    "weight_decay": group["weight_decay"],
-                    "lr": matrix_lr if is_matrix else ctx.hparams["lr"],
-                    flag: is_matrix,
-                })
-    return matrices + others
+def routed_groups(ctx: BuildContext) -> list[dict[str, Any]]:
+    """The interpreter's groups, already routed (``flag`` set) and refined by any ``optim_groups`` rules."""
+    ctx.require_model()
+    return [dict(g) for g in ctx.groups or ()]
 
 
 def muon(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """``MuonWithAdamW`` over routed groups: Muon at ``muon_lr`` on hidden matrices, AdamW at the trainer's lr."""
     muon_lr = float(option(ctx, "muon_lr"))
     kwargs: dict[str, Any] = {
-        "params": matrix_groups(ctx, "use_muon", muon_lr),
+        "params": routed_groups(ctx),
         "lr": muon_lr,
         "adamw_lr": ctx.hparams["lr"],
         "momentum": float(option(ctx, "momentum")),
@@ -92,7 +73,7 @@ def dion(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """
     dion_lr = float(option(ctx, "dion_lr"))
     kwargs: dict[str, Any] = {
-        "params": matrix_groups(ctx, "use_dion", dion_lr),
+        "params": routed_groups(ctx),
         "lr": dion_lr,
         "adamw_lr": ctx.hparams["lr"],
         "momentum": float(option(ctx, "momentum")),

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from ..build import BuildContext
+from ..param_groups import split_by_dtype
 from .optimi import on_cpu
 
 logger = logging.getLogger(__name__)
@@ -34,17 +35,6 @@ def _cpu_kwargs(ctx: BuildContext) -> dict[str, Any]:
     return dict(_CPU_PATH)
 
 
-def _split_by_dtype(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """FlashOptim needs one dtype per group (loading a state dict is undefined otherwise)."""
-    out: list[dict[str, Any]] = []
-    for group in groups:
-        by_dtype: dict[Any, list[Any]] = {}
-        for p in group["params"]:
-            by_dtype.setdefault(p.dtype, []).append(p)
-        out.extend({**group, "params": params} for params in by_dtype.values())
-    return out
-
-
 def build(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """``(Flash* class, kwargs)`` after the device policy: see ``builtin/flashoptim.py``."""
     kwargs = dict(ctx.kwargs)
@@ -66,5 +56,10 @@ def build(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
             )
             kwargs["master_weight_bits"] = None
     if ctx.groups is not None:
-        kwargs["params"] = _split_by_dtype(ctx.groups)
+        # FlashOptim needs one dtype per group (loading a state dict is undefined otherwise). It also puts
+        # the shared lr into every group's initial_lr, where torch schedulers start from: a group with its
+        # own rate (Muon-style groups, optim_groups rules) must say its own.
+        kwargs["params"] = [
+            {**g, "initial_lr": g["lr"]} if "lr" in g else g for g in split_by_dtype(ctx.groups)
+        ]
     return ctx.target(), kwargs

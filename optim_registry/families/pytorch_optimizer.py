@@ -7,39 +7,17 @@ from typing import Any
 from ..build import BuildContext
 
 
-def _decay_groups(ctx: BuildContext) -> list[dict[str, Any]]:
-    from ..build import current_decay_names
-    from ..param_groups import build_groups
-
-    return build_groups(ctx.require_model(), weight_decay=ctx.hparams["weight_decay"], decay_names=current_decay_names())
-
-
 def muon(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """Muon-family classes want groups flagged ``use_muon``: hidden 2-D weights orthogonalised, the rest AdamW.
+    """Muon-family classes over the interpreter's routed groups (``use_muon``; see the record's ``routing``).
 
-    Routing follows the registry's Muon rule (2-D, not an embedding or the output head). The AdamW groups
-    take the class's ``adamw_lr`` / ``adamw_wd`` (their library defaults unless given in optim_args); the
-    weight-decay split of the Trainer still applies (no decay for biases and norms).
+    Hidden 2-D weights (not an embedding, the output head or a LoRA factor) are orthogonalised at the
+    learning rate; the AdamW groups carry the class's ``adamw_lr`` / ``adamw_wd`` (library defaults unless
+    given in optim_args), the weight-decay split (no decay for biases and norms) and any ``optim_groups``
+    rules applying on both sides.
     """
-    from ..optimizers.muon import split_muon_params
-
-    model = ctx.require_model()
-    hidden = {id(p) for _, p in split_muon_params(model)[0]}
-    groups = []
-    for group in _decay_groups(ctx):
-        decayed = group["weight_decay"] > 0
-        for use_muon in (True, False):
-            params = [p for p in group["params"] if (id(p) in hidden) == use_muon]
-            if not params:
-                continue
-            new: dict[str, Any] = {"params": params, "use_muon": use_muon}
-            if use_muon:
-                new["weight_decay"] = group["weight_decay"]
-            elif not decayed:
-                new["weight_decay"] = 0.0  # else the class fills in adamw_wd
-            groups.append(new)
+    ctx.require_model()
     kwargs = {k: v for k, v in ctx.kwargs.items() if k != "weight_decay"}
-    return ctx.target(), {**kwargs, "params": groups}
+    return ctx.target(), {**kwargs, "params": [dict(g) for g in ctx.groups or ()]}
 
 
 def adam_mini(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
@@ -74,5 +52,6 @@ def lr_in_groups(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """A2Grad sets its own step sizes and keeps no ``lr``; the Trainer's scheduler and logs read one per group."""
     kwargs = dict(ctx.kwargs)
     if ctx.groups is not None:
-        kwargs["params"] = [{**group, "lr": kwargs["lr"]} for group in ctx.groups]
+        # A group's own rate (set by optim_groups rules) wins over the shared one.
+        kwargs["params"] = [{"lr": kwargs["lr"], **group} for group in ctx.groups]
     return ctx.target(), kwargs

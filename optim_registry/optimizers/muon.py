@@ -118,8 +118,12 @@ def zeropower_via_newtonschulz(
 ) -> Tensor:
     """Approximately orthogonalise a 2-D matrix with torch.optim.Muon's Newton-Schulz.
 
+    A 3-D tensor is a stack of matrices (a MoE layer's experts): each matrix along the leading
+    dimension is orthogonalised on its own, in one batched computation.
     Returns a new bfloat16 tensor; `matrix` is never modified.
     """
+    if matrix.ndim == 3:
+        return _batched_newtonschulz(matrix, ns_coefficients, ns_steps, eps)
     a, b, c = ns_coefficients
     ortho = matrix.bfloat16()
     tall = matrix.size(0) > matrix.size(1)
@@ -137,11 +141,34 @@ def zeropower_via_newtonschulz(
     return ortho
 
 
+def _batched_newtonschulz(
+    stack: Tensor, ns_coefficients: Sequence[float], ns_steps: int, eps: float
+) -> Tensor:
+    """The 2-D iteration on every matrix of a (batch, rows, cols) stack at once (baddbmm for addmm)."""
+    a, b, c = ns_coefficients
+    ortho = stack.bfloat16()
+    tall = stack.size(1) > stack.size(2)
+    if tall:
+        ortho = ortho.mT
+    norms = torch.linalg.vector_norm(ortho, dim=(1, 2), keepdim=True)
+    ortho = ortho / norms.clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = ortho @ ortho.mT
+        gram_update = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
+        ortho = torch.baddbmm(ortho, gram_update, ortho, beta=a)
+    if tall:
+        ortho = ortho.mT
+    return ortho
+
+
 def adjusted_muon_lr(
     lr: float, adjust_lr_fn: str | None, shape: Sequence[int]
 ) -> float:
-    """Scale Muon's lr for a matrix of `shape` exactly as torch.optim.Muon does."""
-    rows, cols = shape[:2]
+    """Scale Muon's lr for a matrix of `shape` exactly as torch.optim.Muon does.
+
+    For a stack of matrices (3-D) the scale is each matrix's: its last two dimensions.
+    """
+    rows, cols = shape[-2:] if len(shape) == 3 else shape[:2]
     if adjust_lr_fn is None or adjust_lr_fn == "original":
         ratio = math.sqrt(max(1, rows / cols))
     elif adjust_lr_fn == "match_rms_adamw":
@@ -217,10 +244,12 @@ def check_common_group(group: dict[str, Any]) -> None:
         raise ValueError(f"weight_decay={group['weight_decay']} must be >= 0.")
 
 
-def check_matrix_params(group: dict[str, Any], algorithm_key: str, name: str) -> None:
-    """Raise ValueError if a matrix-only group holds a parameter that is not 2-D."""
+def check_matrix_params(
+    group: dict[str, Any], algorithm_key: str, name: str, ndims: tuple[int, ...] = (2,)
+) -> None:
+    """Raise ValueError if a matrix-only group holds a parameter that is not 2-D (or a 3-D stack where allowed)."""
     for param in group["params"]:
-        if param.ndim != 2:
+        if param.ndim not in ndims:
             raise ValueError(
                 f"A {algorithm_key}=True group holds a parameter of shape "
                 f"{tuple(param.shape)}, but {name} only updates 2-D matrices. Move it "
@@ -249,7 +278,7 @@ def require_flag(group: dict[str, Any], algorithm_key: str) -> bool:
 
 
 class MuonWithAdamW(Optimizer):
-    """Muon for `use_muon=True` groups (2-D only), AdamW for `use_muon=False` groups.
+    """Muon for `use_muon=True` groups (2-D, or 3-D stacks of expert matrices), AdamW for the rest.
 
     Each group dict needs `"use_muon": bool` and may override any constructor
     hyperparameter (`lr`, `weight_decay`, `momentum`, `betas`, ...). AdamW groups
@@ -301,7 +330,8 @@ class MuonWithAdamW(Optimizer):
         group = self.param_groups[-1]
         check_common_group(group)
         if use_muon:
-            check_matrix_params(group, "use_muon", "Muon")
+            # 3-D: a stack of expert matrices, each orthogonalised on its own.
+            check_matrix_params(group, "use_muon", "Muon", ndims=(2, 3))
             _check_muon_group(group)
         else:
             check_adamw_group(group, "use_muon")
