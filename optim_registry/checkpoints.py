@@ -186,6 +186,8 @@ def optimizer_record(trainer: Any, inner: Any) -> dict[str, Any]:
         "class": f"{type(inner).__module__}.{type(inner).__qualname__}",
         "options": None,
         "targets": None,
+        # The rules the groups came from (the layout below is what they produced), for a reader of the record.
+        "optim_groups": plain(getattr(trainer.args, "optim_groups", None)),
     }
     if record["name"] is not None and record["name"] == str(getattr(trainer.args.optim, "value", trainer.args.optim)):
         with contextlib.suppress(Exception):  # the record describes; it never stops a save

@@ -91,9 +91,31 @@ def missing(requires: tuple[Requirement, ...]) -> list[Requirement]:
 
 def check(name: str, requires: tuple[Requirement, ...]) -> None:
     """Raise ``MissingDependencyError`` naming the optimizer and the exact pip line."""
+    problem = missing_text(name, requires)
+    if problem is not None:
+        raise MissingDependencyError(problem)
+
+
+class MissingDependencyWarning(UserWarning):
+    """Arguments name an optimizer whose package is not installed here; building it will fail."""
+
+
+def warn_missing(name: str, requires: tuple[Requirement, ...]) -> None:
+    """A ``MissingDependencyWarning`` with ``check``'s message: arguments may be written on a machine that
+    lacks the package (a login node, a config generator) and trained on one that has it, as the stock class
+    allows; the build refuses."""
+    problem = missing_text(name, requires)
+    if problem is not None:
+        import warnings
+
+        warnings.warn(f"{problem}. Building the optimizer will fail here.", MissingDependencyWarning, stacklevel=4)
+
+
+def missing_text(name: str, requires: tuple[Requirement, ...]) -> str | None:
+    """``check``'s message when a requirement is missing, else ``None``."""
     absent = missing(requires)
     if not absent:
-        return
+        return None
     lines = " && ".join(r.pip_line for r in absent)
     extras = sorted({r.extra for r in absent if r.extra})
     hint = f" (or: pip install 'optim-registry[{','.join(extras)}]')" if extras else ""
@@ -101,7 +123,7 @@ def check(name: str, requires: tuple[Requirement, ...]) -> None:
         f"{r.pip}>={r.min_version}" if r.min_version and _installed_version(r.module, r.pip) else r.pip
         for r in absent
     )
-    raise MissingDependencyError(f"optim={name!r} needs {what}, which is not installed: {lines}{hint}")
+    return f"optim={name!r} needs {what}, which is not installed: {lines}{hint}"
 
 
 def import_target(name: str, path: str, requires: tuple[Requirement, ...]) -> Any:

@@ -33,13 +33,21 @@ def _plain(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def validate_training_args(args: Any) -> None:
-    """Every check that can be made from the arguments alone, raised before a model exists."""
+def validate_training_args(args: Any, *, building: bool = False) -> None:
+    """Every check that can be made from the arguments alone, raised before a model exists.
+
+    A missing optimizer package is an environment fact, not a mistake in the arguments: the stock class
+    accepts such arguments (they may be written on one machine and trained on another), so creating them
+    only warns, and ``building=True`` (when training starts) refuses.
+    """
     from . import deps
 
     name = _plain(args.optim)
     spec = optimizers.get(name)
-    deps.check(spec.name, spec.requires)
+    if building:
+        deps.check(spec.name, spec.requires)
+    else:
+        deps.warn_missing(spec.name, spec.requires)
     if spec.unsupported:
         raise ValueError(f"optim={name!r} cannot train through the Trainer: {spec.unsupported}")
     if spec.builder is not None and spec.source != "builtin":
@@ -242,7 +250,7 @@ class OptimRegistryMixin(CheckpointMixin):
         if self.optimizer is None:
             self._check_scheduler_before_build()
         if fresh:
-            validate_training_args(self.args)
+            validate_training_args(self.args, building=True)
             spec = build.spec_for(_plain(self.args.optim))
             build.check_device(spec, opt_model)
             with decay_names_override(self.get_decay_parameter_names(opt_model)):

@@ -213,6 +213,22 @@ def test_another_group_layout_is_one_clear_error(saved, tmp_path):
         _trainer("adamw_torch", tmp_path / "out", model=model).train(resume_from_checkpoint=str(root / "checkpoint-4"))
 
 
+def test_other_optim_groups_rules_on_resume_are_one_clear_error(saved, tmp_path):
+    """The rules are recorded; rules that give another group layout are refused before the state loads."""
+    root, _ = saved
+    rules = [{"params": "@embeddings", "lr": 1e-3}]
+    _save_run(tmp_path / "ruled", optim_groups=rules)
+    manifest = json.loads((tmp_path / "ruled" / "checkpoint-2" / MANIFEST_NAME).read_text())
+    assert manifest["optimizer"]["optim_groups"] == rules
+    assert len(manifest["optimizer"]["groups"]) == 3  # decay, no decay, and the embeddings on their own
+    with pytest.raises(ValueError, match=r"group layout differs"):
+        _trainer("adamw_torch", tmp_path / "out").train(resume_from_checkpoint=str(tmp_path / "ruled" / "checkpoint-2"))
+    with pytest.raises(ValueError, match=r"group layout differs"):
+        _trainer("adamw_torch", tmp_path / "out2", optim_groups=rules).train(
+            resume_from_checkpoint=str(root / "checkpoint-2")
+        )
+
+
 # ------------------------------------------------------------------------------------------ rates and schedule
 
 

@@ -60,7 +60,7 @@ def test_availability_follows_a_stand_in_module_that_comes_and_goes(monkeypatch)
     """transformers' tests put a Mock in sys.modules for torchdistx, then block it: neither state is cached."""
     from unittest.mock import Mock
 
-    from optim_registry import TrainingArguments
+    from optim_registry import TrainingArguments, get_optimizer_cls_and_kwargs
     from optim_registry.spec import Requirement
 
     req = Requirement("torchdistx", "torchdistx")
@@ -68,8 +68,12 @@ def test_availability_follows_a_stand_in_module_that_comes_and_goes(monkeypatch)
         m.setitem(sys.modules, "torchdistx", Mock())  # Mock's __spec__ raises AttributeError: find_spec's ValueError
         assert deps.is_available(req)
     assert not deps.is_available(req)  # gone again: not installed here
-    with pytest.raises(ImportError, match=r"optim='adamw_anyprecision' needs torchdistx"):
-        TrainingArguments("x", optim="adamw_anyprecision", report_to=[], use_cpu=True)
+    with pytest.warns(UserWarning, match=r"optim='adamw_anyprecision' needs torchdistx"):
+        a = TrainingArguments("x", optim="adamw_anyprecision", report_to=[], use_cpu=True)
+    # transformers' test_no_torchdistx_anyprecision_adamw: accepted when created, a ValueError when resolved
+    monkeypatch.setitem(sys.modules, "torchdistx.optimizers", None)
+    with pytest.raises(ValueError, match=r"optim='adamw_anyprecision' needs torchdistx"):
+        get_optimizer_cls_and_kwargs(a)
 
 
 def test_a_blocked_library_module_is_one_missing_dependency_error(monkeypatch):
