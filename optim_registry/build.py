@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import deps
-from .optim_args import check_range, parse_options, shorten
+from .optim_args import check_range, coerce, parse_options, shorten
 from .param_groups import build_groups, target_linear_weights
 from .spec import NONNEG, UNIT, OptimizerSpec, Option, Values, with_guessed_range
 
@@ -80,9 +80,9 @@ class BuildContext:
     spec: OptimizerSpec
     args: Any
     model: Any
-    options: dict[str, Any]  # the record's own options, typed (given ones, plus defaults marked `send`)
+    options: dict[str, Any]  # every declared option, typed: what optim_args gave, else the record's default
     hparams: dict[str, Any]  # lr, betas, eps, weight_decay after optim_args overrides
-    kwargs: dict[str, Any]  # generic constructor kwargs: lr, hparams, fixed, options
+    kwargs: dict[str, Any]  # generic constructor kwargs: lr, hparams, fixed, the options that are sent
     groups: list[dict[str, Any]] | None = None  # param groups (weight decay / targets / routing / rules)
     given: dict[str, Any] = field(default_factory=dict)  # exactly what optim_args said, typed
     rules: tuple[Any, ...] = ()  # parsed optim_groups rules (already applied to ``groups``)
@@ -112,10 +112,53 @@ class BuildContext:
         max_steps = int(getattr(self.args, "max_steps", -1) or -1)
         return max_steps if max_steps > 0 else None
 
+    @property
+    def on_cpu(self) -> bool:
+        """Whether this run's parameters live on the CPU (``on_cpu``: the one device rule)."""
+        return on_cpu(self.model, self.args)
+
     def require_model(self) -> Any:
         if self.model is None:
             raise ValueError(f"optim={self.spec.name!r} needs the model: pass `model=` when resolving it")
         return self.model
+
+
+def on_cpu(model: Any = None, args: Any = None) -> bool:
+    """The one device rule: whether the run's parameters live on the CPU.
+
+    With a model, where its trainable parameters are (one on the CPU is enough: a CUDA-only kernel would
+    meet it). Without one, ``TrainingArguments.use_cpu``, or no CUDA GPU on this machine.
+    """
+    params = []
+    if model is not None and hasattr(model, "parameters"):
+        params = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
+    if params:
+        return any(p.device.type == "cpu" for p in params)
+    if args is not None and getattr(args, "use_cpu", False):
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def sent_options(spec: OptimizerSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """The options passed on to the optimizer: those ``optim_args`` gave, plus defaults marked ``send``."""
+    sent = {o.name: typed_default(o) for o in spec.options if o.send}
+    sent.update({k: v for k, v in given.items() if k in spec.option_map})
+    return sent
+
+
+def typed_default(option: Option) -> Any:
+    """An option's default as the optimizer takes it: a dtype declared by name becomes the torch dtype.
+
+    Records name dtypes as strings so that listing them imports no torch; building imports it anyway.
+    """
+    if option.type == "dtype" and isinstance(option.default, str):
+        try:
+            return coerce(option, option.default, where="the record's default")
+        except ValueError:  # a dtype torch names differently: the library reads its own spelling
+            return option.default
+    return option.default
 
 
 def load_target(spec: OptimizerSpec) -> Any:
@@ -261,21 +304,24 @@ def make_context(args: Any, model: Any = None, spec: OptimizerSpec | None = None
     """Resolve, check and type everything for ``args.optim`` without touching the model."""
     spec = spec or spec_for(_name_of(args))
     given, hp = check_values(spec, args)
-    options = {o.name: o.default for o in spec.options if o.send}
-    options.update({k: v for k, v in given.items() if k in spec.option_map})
+    options = {o.name: given[o.name] if o.name in given else typed_default(o) for o in spec.options}
     kwargs: dict[str, Any] = {"lr": hp["lr"]}
     for key in ("betas", "eps"):
         if key in spec.hparams:
             kwargs[key] = hp[key]
+    if spec.weight_decay_kwarg and "weight_decay" in spec.hparams:
+        # The groups carry it too; this covers a plain parameter list, where the library's own default
+        # (often 0.01) would apply instead of TrainingArguments'.
+        kwargs["weight_decay"] = hp["weight_decay"]
     kwargs.update(spec.fixed)
-    kwargs.update({k: v for k, v in options.items() if k not in spec.target_options})
+    kwargs.update({k: v for k, v in sent_options(spec, given).items() if k not in spec.target_options})
     rules = parse_group_rules(spec, getattr(args, "optim_groups", None))
     ctx = BuildContext(
         spec=spec, args=args, model=model, options=options, hparams=hp, kwargs=kwargs, given=given, rules=rules
     )
-    if (spec.needs_model or spec.target_modules or spec.layerwise or rules) and model is None:
+    if (spec.needs_model or spec.target_modules or spec.layerwise or spec.routing or rules) and model is None:
         ctx.require_model()
-    if model is not None and not spec.needs_model:
+    if model is not None:
         ctx.groups = compose_groups(ctx)
     return ctx
 
@@ -285,13 +331,13 @@ def compose_groups(ctx: BuildContext) -> list[dict[str, Any]]:
 
     Pure over the model (nothing in it changes); every mistake is raised before anything is built.
     """
-    spec, model, options, hp = ctx.spec, ctx.model, ctx.options, ctx.hparams
+    spec, model, hp = ctx.spec, ctx.model, ctx.hparams
     targets: list[str] = []
     if spec.target_modules:
         targets = target_linear_weights(
             model, getattr(ctx.args, "optim_target_modules", None), subject=f"optim={spec.name!r}"
         )
-    target_opts = {k: v for k, v in options.items() if k in spec.target_options}
+    target_opts = {k: v for k, v in sent_options(spec, ctx.given).items() if k in spec.target_options}
     decay_names = _DECAY_NAMES.get()
     groups = build_groups(
         model, weight_decay=hp["weight_decay"], decay_names=decay_names, targets=targets, target_options=target_opts
@@ -314,8 +360,8 @@ def matrix_routes(spec: OptimizerSpec, options: dict[str, Any], model: Any) -> d
 
     routing = spec.routing
     declared = spec.option_map
-    exclude = options.get("exclude", declared["exclude"].default) if "exclude" in declared else DEFAULT_MATRIX_EXCLUDE
-    lora = options.get("lora_to_adamw", True) if "lora_to_adamw" in declared else True
+    exclude = options["exclude"] if "exclude" in declared else DEFAULT_MATRIX_EXCLUDE
+    lora = options["lora_to_adamw"] if "lora_to_adamw" in declared else True
     experts = bool(routing and routing.experts) and bool(options.get("expert_matrices", True))
     return route_matrices(model, exclude=exclude, lora_to_adamw=bool(lora), experts=experts)
 
@@ -327,12 +373,9 @@ def _route(ctx: BuildContext, groups: list[dict[str, Any]]) -> list[dict[str, An
     if routing is None:
         return groups
     options = ctx.options
-    declared = ctx.spec.option_map
 
     def option(name: str | None) -> Any:
-        if name is None or name not in declared:
-            return None
-        return options.get(name, declared[name].default)
+        return None if name is None else options.get(name)  # every declared option is there, defaulted
 
     routes = matrix_routes(ctx.spec, options, ctx.model)
     names: dict[int, str] = {}
@@ -510,7 +553,7 @@ def instantiate(
 def create_optimizer(args: Any, model: Any) -> Any:
     """The whole build: weight-decay groups, ``optim_target_modules``, layer-wise hooks, 8-bit overrides."""
     spec = spec_for(_name_of(args))
-    check_device(spec, model)
+    check_device(spec, model, args)
     cls, kwargs = get_optimizer_cls_and_kwargs(args, model)
     weight_decay = float(args.weight_decay)
     optimizer = instantiate(cls, kwargs, model, lambda: build_groups(model, weight_decay=weight_decay))
@@ -556,16 +599,13 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-12 + 1e-9 * max(abs(a), abs(b))
 
 
-def check_device(spec: OptimizerSpec, model: Any = None) -> None:
+def check_device(spec: OptimizerSpec, model: Any = None, args: Any = None) -> None:
     """Refuse a GPU-only optimizer when no GPU is there, before anything is built."""
     if spec.needs_gpu is None:
         return
     import torch
 
-    on_cuda = torch.cuda.is_available() and (
-        model is None or any(p.is_cuda for p in model.parameters())
-    )
-    if not on_cuda:
+    if on_cpu(model, args) or not torch.cuda.is_available():
         raise ValueError(
             f"optim={spec.name!r} needs a CUDA GPU ({spec.needs_gpu}) and none is in use here. "
             f"Train on a GPU, or choose a CPU-capable name (`optim-registry list --available`)."

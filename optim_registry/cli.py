@@ -53,10 +53,10 @@ def _cuda() -> bool:
 
 # -- list -----------------------------------------------------------------------------------------
 def _list_rows(family: str | None, available_only: bool) -> list[dict[str, Any]]:
-    from .listing import list_optimizers
+    from .listing import layerwise_twins, list_optimizers
 
     infos = list_optimizers()
-    names = {i.name for i in infos}
+    twins = layerwise_twins(infos)
     cuda: bool | None = None
     rows = []
     for info in infos:
@@ -68,8 +68,7 @@ def _list_rows(family: str | None, available_only: bool) -> list[dict[str, Any]]
         if available_only and not runnable:
             continue
         record = info.to_dict()
-        twin = info.name + "_layerwise"
-        record["layerwise_twin"] = twin if twin in names else None
+        record["layerwise_twin"] = twins.get(info.name)
         record["runnable_here"] = runnable
         rows.append(record)
     return rows

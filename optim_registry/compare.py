@@ -52,36 +52,26 @@ FINAL_WINDOW = 10
 TINY_MODEL_OPTIONS: dict[str, Any] = {"rank": 16, "update_proj_gap": 50}
 
 #: Learning rates for the tiny model (hidden 64, 2 layers, batch 16 x 64 characters, 150 steps with a
-#: cosine schedule), checked by hand on it. The first rule whose key is in the name wins, then the family;
-#: anything else gets DEFAULT_LR. Sign-based and orthogonalised updates have a fixed size per step, so
-#: they want other rates than Adam (Muon's matrices use its own ``muon_lr`` option, 0.02 by default).
-LR_BY_NAME: tuple[tuple[str, float], ...] = (
-    ("lion", 4e-3),
-    ("adafactor", 5e-3),
-    ("signsgd", 1e-3),
-    ("adalomo", 1e-2),
-    ("lomo", 0.5),
-    ("sgd", 0.5),
-    ("adagrad", 3e-2),
-)
-LR_BY_FAMILY: dict[str, float] = {
-    "low_rank": 1e-2,
-    "schedulefree": 1e-2,
-}
+#: cosine schedule), checked by hand on it: each record's ``demo_lr`` (layer-wise twins share their base's),
+#: else DEFAULT_LR. Sign-based and orthogonalised updates have a fixed size per step, so they want other
+#: rates than Adam (Muon's matrices use its own ``muon_lr`` option, 0.02 by default).
 DEFAULT_LR = 1e-2
 
 
-def learning_rate(name: str, family: str, overrides: dict[str, float] | None = None) -> float:
-    """The rate ``compare`` uses for ``name``: ``--lr`` if given, else the first matching rule."""
+def learning_rate(name: str, family: str | None = None, overrides: dict[str, float] | None = None) -> float:
+    """The rate ``compare`` uses for ``name``: ``--lr`` if given, else the record's ``demo_lr``.
+
+    ``family`` is accepted for callers of the former signature and not used.
+    """
     overrides = overrides or {}
     if name in overrides:
         return overrides[name]
     if "*" in overrides:
         return overrides["*"]
-    for key, lr in LR_BY_NAME:
-        if key in name:
-            return lr
-    return LR_BY_FAMILY.get(family, DEFAULT_LR)
+    from .catalog import optimizers
+
+    demo = optimizers.get(name).demo_lr if name in optimizers else None
+    return DEFAULT_LR if demo is None else float(demo)
 
 
 def tiny_model_optim_args(spec: Any) -> dict[str, Any] | None:
@@ -579,7 +569,7 @@ def render_markdown(report: Report) -> str:
         "- **optimizer state**: bytes of the tensors in the optimizer's state after training, each storage "
         "counted once; **B/param** divides by the trainable parameters, (record) is the registry's figure.",
         "- **peak RSS**: the process's resident memory sampled during the run (Python, torch, model and all).",
-        "- Learning rates: per family for this model (`optim_registry.compare.LR_BY_NAME`), `--lr` to change; "
+        "- Learning rates: per record for this model (`OptimizerSpec.demo_lr`), `--lr` to change; "
         "warm-up + cosine schedule except for schedule-free optimizers (constant). Target-module optimizers get "
         f"`optim_target_modules={TARGET_MODULES}` and, where the record has them, "
         + ", ".join(f"`{k}={v}`" for k, v in TINY_MODEL_OPTIONS.items())

@@ -350,7 +350,9 @@ def render_family(family: str, specs: list[OptimizerSpec], all_names: set[str]) 
         lines.append("Install: " + "; ".join(f"`{p}`" for p in pips)
                      + (f" (or `pip install 'optim-registry[{','.join(extras)}]'`)" if extras else "") + ".")
         lines.append("")
-    twin_of = {t.base: t.name for t in twins}
+    from .listing import layerwise_twins
+
+    twin_of = layerwise_twins(twins)
     rows = []
     for s in main:
         rows.append((

@@ -34,7 +34,9 @@ def clipping_ways(name: str, max_grad_norm: float, has_global: bool) -> str:
         ways.append(f"optim_args='clip=global' (exact global-norm clipping to max_grad_norm={max_grad_norm}; "
                     "one extra backward pass per step)")
     ways.append(f"optim_args='clip_per_param={max_grad_norm}' (each parameter's gradient clipped on its own)")
-    base = name.removesuffix("_layerwise")
+    from .build import spec_for
+
+    base = spec_for(name).base or name  # the record says which whole-model name it twins
     ways.append(f"the whole-model name optim={base!r}")
     return "; ".join(ways) + "; or max_grad_norm=0 to say no clipping is wanted"
 

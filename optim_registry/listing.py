@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -33,6 +34,8 @@ class OptimizerInfo:
     providers: list[str] = field(default_factory=list)
     #: Why more than one provider offers this name and which one is used (``None``: no conflict).
     conflict: str | None = None
+    #: The record this layer-wise twin or preset derives from (``None`` for a base record).
+    base: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +71,20 @@ def info(spec: OptimizerSpec, providers: list[tuple[str, str | None, bool]] | No
         paper=spec.paper,
         importable=all(p[2] for p in providers) if providers else None,
         providers=[p[0] for p in providers],
+        base=spec.base,
     )
+
+
+def layerwise_twins(records: Iterable[Any]) -> dict[str, str]:
+    """``{base name: its layer-wise twin's name}``, read from the twins' ``base`` field (records or infos)."""
+    return {r.base: r.name for r in records if r.layerwise and r.base}
+
+
+def layerwise_twin(name: str) -> str | None:
+    """The layer-wise twin of the built-in ``name`` (``None`` when it has none), found by the twin's ``base``."""
+    from .catalog import optimizers
+
+    return layerwise_twins(optimizers.builtin().values()).get(name)
 
 
 def _plugin_info(name: str, providers: list[tuple[str, str | None, bool]]) -> OptimizerInfo:

@@ -40,7 +40,9 @@ class Option:
     help: str = ""
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
-    #: Always pass the default (ours differs from the library's, or the library has none).
+    #: Always pass the default to the optimizer (ours differs from the library's, or the library has none);
+    #: otherwise the option is passed only when ``optim_args`` gives it. Either way a builder reads the
+    #: typed value, given or default, in ``ctx.options``.
     send: bool = False
     #: Valid range of a number (each number of a tuple): ``low`` / ``high`` bounds, open or closed.
     low: float | None = None
@@ -196,6 +198,13 @@ class OptimizerSpec:
     #: built with (options with their defaults, ``fixed``, lr / betas / eps / weight_decay) and returns
     #: ``None``, or what is wrong and how to fix it (the message is prefixed with the name).
     checks: tuple[Callable[[Mapping[str, Any]], str | None], ...] = ()
+    #: Pass ``weight_decay`` to the constructor as well as in the groups, so the library's own default
+    #: (often 0.01) never applies to a plain parameter list. Off for transformers' own names, whose kwargs
+    #: stay exactly what transformers returns.
+    weight_decay_kwarg: bool = False
+    #: The learning rate ``optim-registry compare`` trains the bundled tiny model with (``None``: the
+    #: family's, else compare's default); checked by hand on that model.
+    demo_lr: float | None = None
     #: Keyword arguments always passed (e.g. ``optim_bits=8``); not settable by the user.
     fixed: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     builder: str | Callable[..., Any] | None = None

@@ -252,7 +252,7 @@ class OptimRegistryMixin(CheckpointMixin):
         if fresh:
             validate_training_args(self.args, building=True)
             spec = build.spec_for(_plain(self.args.optim))
-            build.check_device(spec, opt_model)
+            build.check_device(spec, opt_model, self.args)
             with decay_names_override(self.get_decay_parameter_names(opt_model)):
                 optimizer = super().create_optimizer(model)  # type: ignore[misc]
                 build.check_rules_applied(self.args, unwrap_optimizer(optimizer), opt_model)

@@ -8,6 +8,7 @@ import torch
 import transformers
 
 from optim_registry import TrainingArguments, create_optimizer, get_optimizer_cls_and_kwargs
+from optim_registry.listing import layerwise_twin
 from optim_registry.testing import (
     DEFAULT_TARGETS,
     check_optimizer,
@@ -48,7 +49,7 @@ def train_one_step(optimizer, model):
 # -------------------------------------------------------------------------------- conformance and resume
 
 
-@pytest.mark.parametrize("name", CPU_NAMES + [n + "_layerwise" for n in CPU_NAMES])
+@pytest.mark.parametrize("name", CPU_NAMES + [layerwise_twin(n) for n in CPU_NAMES])
 def test_conformance_and_exact_resume_across_a_projector_refresh(name, tmp_path):
     optim_args = SMALL + (",min_8bit_size=16" if "8bit" in name else "")  # exercise the 8-bit state
     report = check_optimizer(name, optim_args, workdir=str(tmp_path))

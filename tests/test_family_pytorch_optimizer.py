@@ -42,8 +42,12 @@ def _generator():
     return module
 
 
+#: Each name's base record (a layer-wise twin's ``base`` field), without the ``po_`` prefix.
+_BASE = {i.name: (i.base or i.name).removeprefix(PREFIX) for i in list_optimizers() if i.name.startswith(PREFIX)}
+
+
 def _args(name, **kw):
-    base = name.removeprefix(PREFIX).removesuffix("_layerwise")
+    base = _BASE[name]
     kw.setdefault("learning_rate", CATALOG[base]["lr_default"] or 1e-2)
     kw.setdefault("weight_decay", 0.01)
     kw.setdefault("max_steps", 10)  # Ranger21 schedules itself over the run's length
@@ -216,7 +220,7 @@ def _step(model, opt, batch, layerwise):
 @pytest.mark.parametrize("name", [PREFIX + n for n in OK] + [f"{PREFIX}{n}_layerwise" for n in TWINS])
 def test_registry_build_steps_and_round_trips(name):
     layerwise = name.endswith("_layerwise")
-    args = _args(name, optim_args=FAST_ARGS.get(name.removeprefix(PREFIX).removesuffix("_layerwise")))
+    args = _args(name, optim_args=FAST_ARGS.get(_BASE[name]))
     batch = _batch()
     model = tiny_model()
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -242,6 +246,6 @@ def test_registry_build_steps_and_round_trips(name):
 # -- conformance through OptimTrainer with a real checkpoint -------------------------------------------
 @pytest.mark.parametrize("name", [PREFIX + n for n in CONFORMANCE] + [f"{PREFIX}{n}_layerwise" for n in CONFORMANCE_TWINS])
 def test_conformance_through_optim_trainer(name, tmp_path):
-    base = name.removeprefix(PREFIX).removesuffix("_layerwise")
+    base = _BASE[name]
     report = check_optimizer(name, workdir=str(tmp_path), learning_rate=CATALOG[base]["lr_default"] or 1e-2)
     assert report.ok, report.failures

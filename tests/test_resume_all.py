@@ -41,7 +41,7 @@ LAYERWISE_BASES = {"adamw_torch", "galore_adamw", "apollo_adamw", "adafactor", "
 
 
 def tiny_args(name: str) -> str | None:
-    base = name.removesuffix("_layerwise")
+    base = optimizers.get(name).base or name  # a layer-wise twin takes its base record's arguments
     for prefix, args in TINY_ARGS.items():
         if base.startswith(prefix) or base == prefix:
             return args
@@ -49,7 +49,7 @@ def tiny_args(name: str) -> str | None:
 
 
 def not_runnable(info) -> str | None:
-    base = info.name.removesuffix("_layerwise")
+    base = info.base or info.name
     if base in ELSEWHERE:
         return ELSEWHERE[base]
     if not info.available:
@@ -77,7 +77,7 @@ def _selected() -> tuple[list[str], dict[str, str]]:
         if reason is not None:
             skipped[info.name] = reason
             continue
-        if not FULL and info.layerwise and info.name.removesuffix("_layerwise") not in LAYERWISE_BASES:
+        if not FULL and info.layerwise and info.base not in LAYERWISE_BASES:
             if info.family in twin_families:
                 skipped[info.name] = f"{info.family}: layer-wise twins sampled (one per family)"
                 continue

@@ -10,6 +10,7 @@ import torch
 
 from optim_registry import TrainingArguments, create_optimizer
 from optim_registry.cli import main
+from optim_registry.listing import layerwise_twin
 from optim_registry.testing import TokenDataset, max_param_diff, run, tiny_model
 
 COMMON = dict(max_steps=3, weight_decay=0.0, learning_rate=0.5, lr_scheduler_type="cosine")
@@ -78,8 +79,8 @@ def test_clip_global_ends_where_the_whole_model_run_ends(tmp_path, name, ga):
     if name == "adamw_torch":
         kw["learning_rate"] = 1e-2
     whole = run(name, str(tmp_path / "whole"), None, **kw)
-    layer = run(name + "_layerwise", str(tmp_path / "layer"), "clip=global", **kw)
-    unclipped = run(name + "_layerwise", str(tmp_path / "free"), None, **{**kw, "max_grad_norm": 0.0})
+    layer = run(layerwise_twin(name), str(tmp_path / "layer"), "clip=global", **kw)
+    unclipped = run(layerwise_twin(name), str(tmp_path / "free"), None, **{**kw, "max_grad_norm": 0.0})
     assert max_param_diff(whole.model, layer.model) < 1e-5
     # the clip was active: without it the run ends elsewhere
     assert max_param_diff(whole.model, unclipped.model) > 1e-3

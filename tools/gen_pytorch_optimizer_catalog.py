@@ -443,11 +443,11 @@ def shard_safe(name: str, entry: dict[str, Any], steps: int = 12) -> str:
     import torch
     from pytorch_optimizer import load_optimizer
 
-    from optim_registry.builtin.pytorch_optimizer import BUILDERS
+    from optim_registry.builtin.pytorch_optimizer import FIELDS
 
     if name in SHARDING_LIMITS:
         return SHARDING_LIMITS[name]
-    if BUILDERS.get(name) == "muon":
+    if "routing" in FIELDS.get(name, {}):
         return "routes 2-D matrices to Newton-Schulz orthogonalisation, which needs each whole matrix"
     cls = load_optimizer(name)
     lr = entry["lr_default"] or 1e-2

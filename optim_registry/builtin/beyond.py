@@ -58,6 +58,7 @@ RECORDS = (
         "a resumed bf16 run drifts slightly.",
         requires=(Requirement("came-pytorch", "came_pytorch", "0.1.3", extra="came"),),
         hparams=frozenset({"lr", "betas", "weight_decay"}),
+        weight_decay_kwarg=True,
         options=(
             opt("beta3", "float", 0.9999, "averaging coefficient of the instability (confidence) estimate", **UNIT),
             opt("eps1", "float", 1e-30, "regularisation constant added to the squared gradient", **NONNEG),
@@ -84,6 +85,7 @@ RECORDS = (
         "rules apply on both sides (a rule's lr on a matrix replaces dion_lr); the scheduler scales "
         "every group from its own initial lr.",
         hparams=_ALL_HP,
+        weight_decay_kwarg=True,
         options=(
             opt("dion_lr", "float", 0.01, "learning rate of the Dion (matrix) groups", **NONNEG),
             opt("momentum", "float", 0.95, "error-feedback decay mu of the Dion momentum", **UNIT),
@@ -116,6 +118,7 @@ RECORDS = (
         "and optim_groups rules apply on both sides (a rule's lr on a matrix replaces muon_lr); the "
         "scheduler scales every group from its own initial lr, so both sides follow it.",
         hparams=_ALL_HP,
+        weight_decay_kwarg=True,
         options=(
             opt("muon_lr", "float", 0.02, "learning rate of the Muon (matrix) groups", **NONNEG),
             opt("momentum", "float", 0.95, "Muon momentum", **UNIT),

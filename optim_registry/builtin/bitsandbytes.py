@@ -90,6 +90,7 @@ def _ademamix(name: str, bits: int, paged: bool) -> OptimizerSpec:
 def _lion(name: str, bits: int, paged: bool) -> OptimizerSpec:
     return OptimizerSpec(
         name=name,
+        demo_lr=4e-3,
         target=f"{_LIB}:Lion",
         adapt=_ADOPT,
         family=_FAMILY,
@@ -117,7 +118,6 @@ def _rmsprop(name: str, bits: int) -> OptimizerSpec:
         options=_RMSPROP_OPTIONS + ((_MIN_8BIT,) if bits == 8 else ()),
         fixed={"optim_bits": bits},
         checks=(bnb_rmsprop,),
-        builder=f"{_SHIMS}:rmsprop",
         embedding_32bit=bits == 8,
         state_bytes=1.02 if bits == 8 else 4.0,
         paper="Hinton, Coursera lecture 6e",

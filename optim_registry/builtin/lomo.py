@@ -32,6 +32,7 @@ RECORDS = (
         "inside backward. Runs on CPU and GPU; max_grad_norm clips for real (one extra backward).",
         requires=_REQUIRES,
         hparams=frozenset({"lr", "weight_decay"}),
+        weight_decay_kwarg=True,
         options=(
             _CLIP_VALUE,
             opt("clip_threshold", "float", 1.0, "threshold of the root-mean-square of the final update",
@@ -42,7 +43,7 @@ RECORDS = (
             opt("loss_scale", "float", 1024.0, "the loss is multiplied by this before backward and the "
                 "gradients divided by it (0 disables)", **NONNEG),
         ),
-        builder="optim_registry.families.lomo:adalomo",
+        builder="optim_registry.families.lomo:lomo",
         needs_model=True,
         supports_layerwise=False,
         protocol="fused_backward",
@@ -54,12 +55,14 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="lomo",
+        demo_lr=0.5,
         target="optim_registry.families.lomo:ClippedLomo",
         family="lomo",
         description="LOMO (lomo_optim): plain SGD fused into backward, so no gradients or optimizer state "
         "are kept. max_grad_norm clips for real (one extra backward); no gradient accumulation.",
         requires=_REQUIRES,
         hparams=frozenset({"lr", "weight_decay"}),
+        weight_decay_kwarg=True,
         options=(_CLIP_VALUE,),
         builder="optim_registry.families.lomo:lomo",
         needs_model=True,

@@ -80,7 +80,6 @@ _APOLLO_RECORD = OptimizerSpec(
         _CORRECT_BIAS,
     ),
     checks=(channel_scale_needs_std,),
-    builder="optim_registry.families.low_rank:apollo",
     target_modules=True,
     target_options=frozenset({"rank", "update_proj_gap", "scale", "proj_type", "proj", "scale_type"}),
     paper="arXiv:2412.05270",
@@ -107,6 +106,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="galore_adafactor",
+        demo_lr=5e-3,
         target="optim_registry.families.low_rank:SafeGaLoreAdafactor",
         family="low_rank",
         description="GaLore Adafactor (galore_torch): Adafactor on the low-rank projection of each target weight's "
@@ -125,7 +125,6 @@ RECORDS = (
         ),
         # The library defaults (relative_step=True) refuse a manual lr; transformers forgot this layer-wise.
         fixed={"scale_parameter": False, "relative_step": False},
-        builder="optim_registry.families.low_rank:galore",
         target_modules=True,
         target_options=_GALORE_KEYS,
         paper="arXiv:2403.03507",
@@ -142,7 +141,6 @@ RECORDS = (
         requires=_GALORE,
         hparams=_ALL_HP,
         options=(*_GALORE_TARGET, _CORRECT_BIAS),
-        builder="optim_registry.families.low_rank:galore",
         target_modules=True,
         target_options=_GALORE_KEYS,
         paper="arXiv:2403.03507",
@@ -158,7 +156,6 @@ RECORDS = (
         requires=(*_GALORE, _BNB),
         hparams=_ALL_HP,
         options=(*_GALORE_TARGET, _MIN_8BIT),
-        builder="optim_registry.families.low_rank:galore",
         target_modules=True,
         target_options=_GALORE_KEYS,
         embedding_32bit=True,

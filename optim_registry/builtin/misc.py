@@ -42,7 +42,6 @@ RECORDS = (
             opt("compensation_buffer_dtype", "dtype", "bfloat16", "dtype of the Kahan compensation buffer",
                 send=True),
         ),
-        builder="optim_registry.families.misc:anyprecision",
         supports_layerwise=False,  # see _UNTESTED
         state_bytes=8.0,
     ),

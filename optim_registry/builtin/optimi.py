@@ -56,6 +56,7 @@ RECORDS = (
         "bf16/fp16 weights; betas/eps from TrainingArguments." + _CPU_NOTE,
         requires=_REQ,
         hparams=_ADAM_HP,
+        weight_decay_kwarg=True,
         options=(_DECOUPLE_WD, *_COMMON),
         builder=_BUILDER,
         supports_layerwise=_LAYERWISE_TWINS,
@@ -71,6 +72,7 @@ RECORDS = (
         + _CPU_NOTE,
         requires=_REQ,
         hparams=_ADAM_HP,
+        weight_decay_kwarg=True,
         options=_COMMON,
         builder=_BUILDER,
         supports_layerwise=_LAYERWISE_TWINS,
@@ -86,6 +88,7 @@ RECORDS = (
         "apply). Four state tensors per parameter." + _CPU_NOTE,
         requires=_REQ,
         hparams=frozenset({"lr", "eps", "weight_decay"}),
+        weight_decay_kwarg=True,
         options=(
             opt("betas", "floats", (0.98, 0.92, 0.99), "(beta1, beta2, beta3): gradient, gradient "
                 "difference and squared-term averaging", length=3, **UNIT),
@@ -102,6 +105,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="optimi_lion",
+        demo_lr=4e-3,
         target="optimi:Lion",
         family="optimi",
         description="torch-optimi Lion: sign of interpolated momentum, one state tensor; betas from "
@@ -109,6 +113,7 @@ RECORDS = (
         "smaller learning rate than AdamW." + _CPU_NOTE,
         requires=_REQ,
         hparams=frozenset({"lr", "betas", "weight_decay"}),
+        weight_decay_kwarg=True,
         options=_COMMON,
         builder=_BUILDER,
         supports_layerwise=_LAYERWISE_TWINS,
@@ -123,6 +128,7 @@ RECORDS = (
         "weight decay unless decouple_wd=true." + _CPU_NOTE,
         requires=_REQ,
         hparams=_ADAM_HP,
+        weight_decay_kwarg=True,
         options=(_DECOUPLE_WD, *_COMMON),
         builder=_BUILDER,
         supports_layerwise=_LAYERWISE_TWINS,
@@ -137,6 +143,7 @@ RECORDS = (
         "decoupled weight decay by default." + _CPU_NOTE,
         requires=_REQ,
         hparams=_ADAM_HP,
+        weight_decay_kwarg=True,
         options=(
             opt("k", "int", 6, "Lookahead synchronisation period", **AT_LEAST_ONE),
             opt("alpha", "float", 0.5, "Lookahead slow-weight step", low=0.0, high=1.0, low_open=True),
@@ -150,12 +157,14 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="optimi_sgd",
+        demo_lr=0.5,
         target="optimi:SGD",
         family="optimi",
         description="torch-optimi SGD with optional momentum, dampening and decoupled weight decay; "
         "Kahan summation for bf16/fp16 weights." + _CPU_NOTE,
         requires=_REQ,
         hparams=frozenset({"lr", "weight_decay"}),
+        weight_decay_kwarg=True,
         options=(
             opt("momentum", "float", 0.0, "momentum factor", **UNIT),
             opt("dampening", "bool", False, "dampen the momentum update by (1 - momentum)"),
@@ -178,6 +187,7 @@ RECORDS = (
         "get triton=false (transformers' build crashes on CPU)." + _CPU_NOTE,
         requires=_REQ,
         hparams=_ADAM_HP,
+        weight_decay_kwarg=True,
         options=_COMMON,
         builder=_BUILDER,
         supports_layerwise=_LAYERWISE_TWINS,

@@ -23,15 +23,30 @@ _BUILDERS = "optim_registry.families.pytorch_optimizer"
 #: Names the generic path cannot build, and the builder that can (see families/pytorch_optimizer.py).
 BUILDERS = {
     "a2grad": "lr_in_groups",
-    "adago": "muon",
     "adammini": "adam_mini",
-    "adamuon": "muon",
-    "distributedmuon": "muon",
-    "muon": "muon",
-    "muonclip": "muon",
-    "normuon": "muon",
     "ranger21": "ranger21",
 }
+
+#: Muon-family classes: the interpreter routes hidden matrices (use_muon) and the AdamW side takes the
+#: class's adamw_lr / adamw_wd, so optim_groups rules refine both sides; the generic path then builds them.
+_MUON_ROUTING = MatrixRouting("use_muon", None, other_lr_option="adamw_lr", other_weight_decay_option="adamw_wd")
+
+#: Record fields beyond what the catalogue entry says, by name.
+FIELDS: dict[str, dict[str, Any]] = {
+    **{name: {"routing": _MUON_ROUTING} for name in ("adago", "adamuon", "distributedmuon", "muon", "muonclip",
+                                                     "normuon")},
+    # Adam-mini is built with the model (its block layout comes from model.config).
+    "adammini": {"needs_model": True, "weight_decay_kwarg": True},
+}
+#: ``optim-registry compare``'s rates on the tiny model (see OptimizerSpec.demo_lr): sign-based updates
+#: (Lion, signSGD) want smaller rates than Adam, plain SGD a larger one.
+_DEMO_LR = {
+    "accsgd": 0.5, "adafactor": 5e-3, "asgd": 0.5, "dadaptadagrad": 3e-2, "dadaptlion": 4e-3, "dadaptsgd": 0.5,
+    "lion": 4e-3, "lomo": 0.5, "schedulefreesgd": 0.5, "sgd": 0.5, "sgdp": 0.5, "sgdsai": 0.5, "sgdw": 0.5,
+    "signsgd": 1e-3, "vsgd": 0.5,
+}
+for _name, _lr in _DEMO_LR.items():
+    FIELDS[_name] = {**FIELDS.get(_name, {}), "demo_lr": _lr}
 
 #: No ``_layerwise`` twin: stepping one parameter at a time would change the algorithm.
 CROSS_PARAMETER = {
@@ -111,6 +126,7 @@ def record(
     """
     builder = BUILDERS.get(name)
     group_options = _options(entry, "group_options")
+    fields: dict[str, Any] = {"needs_model": entry["takes"] == "model", **FIELDS.get(name, {})}
     return OptimizerSpec(
         name=PREFIX + name,
         target=entry["target"],
@@ -123,16 +139,12 @@ def record(
         target_options=frozenset(o.name for o in group_options),
         hparams=frozenset(entry["hparams"]) or frozenset({"lr"}),
         builder=f"{_BUILDERS}:{builder}" if builder else None,
-        needs_model=entry["takes"] == "model" or builder == "adam_mini",
-        # Muon-family classes: the interpreter routes hidden matrices (use_muon) and the AdamW side takes
-        # the class's adamw_lr / adamw_wd, so optim_groups rules refine both sides.
-        routing=MatrixRouting("use_muon", None, other_lr_option="adamw_lr", other_weight_decay_option="adamw_wd")
-        if builder == "muon" else None,
         supports_layerwise=supports_layerwise(name) and status == "ok" and layerwise_status == "ok",
         protocol=PROTOCOL.get(name, "step"),
         unsupported=None if status == "ok" else status,
         paper=entry["paper"],
         distributed=_distributed(sharding),
+        **fields,
     )
 
 

@@ -48,7 +48,6 @@ RECORDS = (
             opt("silent_sgd_phase", "bool", True, "skip updates while the rectification is undefined "
                 "(the first ~4 steps); false does plain SGD steps there instead"),
         ),
-        builder=_BUILDER,
         protocol="train_eval",
         distributed=_DISTRIBUTED,
         state_bytes=8.0,
@@ -57,6 +56,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="schedule_free_sgd",
+        demo_lr=0.5,
         target="schedulefree:SGDScheduleFree",
         family="schedulefree",
         description="Schedule-free SGD with momentum-style interpolation. Warms up itself over "

@@ -24,6 +24,7 @@ _DECOUPLED = opt("decoupled_weight_decay", "bool", False, "AdamW-style decoupled
 RECORDS = (
     OptimizerSpec(
         name="adafactor",
+        demo_lr=5e-3,
         target="transformers.optimization:Adafactor",
         family="torch",
         description="transformers' Adafactor: factored second moments, sub-linear memory. With "
@@ -47,6 +48,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="adafactor_torch",
+        demo_lr=5e-3,
         target="torch.optim:Adafactor",
         family="torch",
         description="PyTorch's Adafactor (torch.optim.Adafactor): factored second moments.",
@@ -64,6 +66,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="adagrad",
+        demo_lr=3e-2,
         target="torch.optim:Adagrad",
         family="torch",
         description="Adagrad: per-coordinate step sizes from the sum of squared gradients.",
@@ -163,6 +166,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="sgd",
+        demo_lr=0.5,
         target="torch.optim:SGD",
         family="torch",
         description="Stochastic gradient descent, with optional (Nesterov) momentum.",

@@ -7,7 +7,6 @@ from typing import Any
 
 from ..build import BuildContext
 from ..param_groups import split_by_dtype
-from .optimi import on_cpu
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +37,7 @@ def _cpu_kwargs(ctx: BuildContext) -> dict[str, Any]:
 def build(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """``(Flash* class, kwargs)`` after the device policy: see ``builtin/flashoptim.py``."""
     kwargs = dict(ctx.kwargs)
-    # The groups carry their own decay; this only covers a plain parameter list (FlashAdamW's is 0.01).
-    kwargs["weight_decay"] = ctx.hparams["weight_decay"]
-    if on_cpu(ctx):
+    if ctx.on_cpu:
         kwargs.update(_cpu_kwargs(ctx))
     elif kwargs.get("master_weight_bits", 24) is not None and ctx.model is not None:
         import torch

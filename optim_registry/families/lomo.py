@@ -269,26 +269,14 @@ class ClippedAdaLomo(_FusedBackwardMixin, AdaLomo):
             self.step_num = steps.pop()
 
 
-def _lomo_kwargs(ctx: BuildContext) -> dict[str, Any]:
+def lomo(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
+    """``ClippedLomo`` / ``ClippedAdaLomo`` built with the model; ``max_grad_norm`` becomes ``clip_grad_norm``.
+
+    LOMO has no parameter groups: the record's ``weight_decay_kwarg`` puts weight decay on every parameter.
+    """
     kwargs = dict(ctx.kwargs)
     kwargs["model"] = ctx.require_model()
-    # LOMO has no parameter groups: weight decay applies to every trainable parameter.
-    kwargs["weight_decay"] = float(ctx.hparams["weight_decay"])
     max_grad_norm = float(getattr(ctx.args, "max_grad_norm", 0.0) or 0.0)
     if max_grad_norm > 0 and not math.isinf(max_grad_norm):
         kwargs["clip_grad_norm"] = max_grad_norm
-    return kwargs
-
-
-def lomo(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """``ClippedLomo`` built with the model; ``max_grad_norm`` becomes its ``clip_grad_norm``."""
-    return ctx.target(), _lomo_kwargs(ctx)
-
-
-def adalomo(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """``ClippedAdaLomo`` built with the model; ``max_grad_norm`` becomes its ``clip_grad_norm``."""
-    kwargs = _lomo_kwargs(ctx)
-    eps = kwargs.get("eps")
-    if eps is not None and len(eps) != 2:
-        raise ValueError(f"optim_args key 'eps' for optim='adalomo' takes two numbers (eps1,eps2), got {eps}")
     return ctx.target(), kwargs

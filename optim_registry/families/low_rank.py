@@ -353,36 +353,10 @@ def __getattr__(name: str) -> Any:
 # ------------------------------------------------------------------------------------ builders
 
 
-def _check_common(ctx: BuildContext) -> None:
-    name = ctx.spec.name
-    for key in ("rank", "update_proj_gap"):
-        value = ctx.options.get(key)
-        if value is not None and value < 1:
-            raise ValueError(f"optim_args {key}={value} for optim={name!r} must be a positive integer")
-
-
 def _with_groups(ctx: BuildContext) -> dict[str, Any]:
     kwargs = dict(ctx.kwargs)
     kwargs["params"] = [dict(g) for g in ctx.groups or []]
     return kwargs
-
-
-def galore(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """GaLore (AdamW, 8-bit AdamW, Adafactor): the targeted Linear weights get the projection keys."""
-    _check_common(ctx)
-    return ctx.target(), _with_groups(ctx)
-
-
-def apollo(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """APOLLO / APOLLO-Mini; channel-wise scaling only fits the ``std`` projection side."""
-    _check_common(ctx)
-    if ctx.options.get("scale_type") == "channel" and ctx.options.get("proj_type") != "std":
-        raise ValueError(
-            f"optim={ctx.spec.name!r}: scale_type=channel scales each row or column of the gradient and needs "
-            f"proj_type=std (got proj_type={ctx.options.get('proj_type')}); use scale_type=tensor for other "
-            "projection sides"
-        )
-    return ctx.target(), _with_groups(ctx)
 
 
 #: Our optim_args names -> q_galore_torch's group keys.
@@ -483,7 +457,6 @@ def _check_group_size(ctx: BuildContext, targeted: list[tuple[str, torch.Tensor]
 
 def q_galore(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """Q-GaLore: bf16 weights, no adapters, no 4/8-bit loading; projection group size checked up front."""
-    _check_common(ctx)
     model = ctx.require_model()
     names = _named(model)
     groups = ctx.groups or []

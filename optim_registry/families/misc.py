@@ -73,14 +73,3 @@ def _grokadamw() -> type:
             "__doc__": "grokadamw.GrokAdamW whose per-parameter state is kept in optimizer.state (exact resume).",
         },
     )
-
-
-def anyprecision(ctx: Any) -> tuple[Any, dict[str, Any]]:
-    """AnyPrecisionAdamW: dtype options declared by name in the record become torch dtypes here."""
-    import torch
-
-    kwargs = dict(ctx.kwargs)
-    for key in ("momentum_dtype", "variance_dtype", "compensation_buffer_dtype"):
-        if isinstance(kwargs.get(key), str):
-            kwargs[key] = getattr(torch, kwargs[key])
-    return ctx.target(), ctx.with_groups(kwargs)

@@ -1,39 +1,10 @@
-"""Builder for torch-optimi records: betas in each class's shape, Triton chosen by the parameters' device."""
+"""Builder for torch-optimi records: Triton chosen by the parameters' device."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..build import BuildContext
-
-
-def trainable_devices(model: Any) -> set[str] | None:
-    """Device types of the trainable parameters (``None`` without a model)."""
-    if model is None:
-        return None
-    return {p.device.type for p in model.parameters() if p.requires_grad}
-
-
-def on_cpu(ctx: BuildContext) -> bool:
-    """Whether the run's parameters live on the CPU (decided without a model from the arguments)."""
-    devices = trainable_devices(ctx.model)
-    if devices is not None:
-        return "cpu" in devices
-    import torch
-
-    return bool(getattr(ctx.args, "use_cpu", False)) or not torch.cuda.is_available()
-
-
-def _betas(ctx: BuildContext, kwargs: dict[str, Any]) -> None:
-    betas = kwargs.get("betas")
-    if betas is None:
-        return
-    wanted = 3 if ctx.spec.name == "optimi_adan" else 2
-    if len(betas) != wanted:
-        raise ValueError(
-            f"optim_args key 'betas' for optim={ctx.spec.name!r} takes {wanted} numbers, got {tuple(betas)}"
-        )
-    kwargs["betas"] = tuple(float(b) for b in betas)
 
 
 def build(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
@@ -45,11 +16,7 @@ def build(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     choice is made here.
     """
     kwargs = dict(ctx.kwargs)
-    _betas(ctx, kwargs)
-    # Pass it even though the groups carry their own: optimi's defaults (0.01 for AdamW) must never
-    # apply to a plain parameter list.
-    kwargs["weight_decay"] = ctx.hparams["weight_decay"]
-    cpu = on_cpu(ctx)
+    cpu = ctx.on_cpu
     if kwargs.get("triton") and cpu:
         raise ValueError(
             f"optim_args triton=true for optim={ctx.spec.name!r}: optimi's Triton kernels need CUDA or XPU "

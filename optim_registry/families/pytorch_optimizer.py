@@ -1,4 +1,4 @@
-"""Builders for the ``po_*`` names the generic path cannot build: Muon routing, Adam-mini, Ranger21, A2Grad."""
+"""Builders for the ``po_*`` names the generic path cannot build: Adam-mini, Ranger21, A2Grad."""
 
 from __future__ import annotations
 
@@ -7,25 +7,11 @@ from typing import Any
 from ..build import BuildContext
 
 
-def muon(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """Muon-family classes over the interpreter's routed groups (``use_muon``; see the record's ``routing``).
-
-    Hidden 2-D weights (not an embedding, the output head or a LoRA factor) are orthogonalised at the
-    learning rate; the AdamW groups carry the class's ``adamw_lr`` / ``adamw_wd`` (library defaults unless
-    given in optim_args), the weight-decay split (no decay for biases and norms) and any ``optim_groups``
-    rules applying on both sides.
-    """
-    ctx.require_model()
-    kwargs = {k: v for k, v in ctx.kwargs.items() if k != "weight_decay"}
-    return ctx.target(), {**kwargs, "params": [dict(g) for g in ctx.groups or ()]}
-
-
 def adam_mini(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """Adam-mini is built with the model; its block layout (width, heads, kv groups) comes from ``model.config``."""
     model = ctx.require_model()
     config = getattr(model, "config", None)
     kwargs = dict(ctx.kwargs)
-    kwargs["weight_decay"] = ctx.hparams["weight_decay"]
     for key, attr in (("num_embeds", "hidden_size"), ("num_heads", "num_attention_heads"),
                       ("num_query_groups", "num_key_value_heads")):
         value = getattr(config, attr, None)

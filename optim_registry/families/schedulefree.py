@@ -30,13 +30,7 @@ def warmup_steps(ctx: BuildContext) -> int:
 
 
 def schedule_free(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """AdamW / SGD schedule-free with the warm-up converted to steps; RAdam takes no warm-up."""
-    kwargs = dict(ctx.kwargs)
-    momentum = kwargs.get("momentum")
-    if momentum is not None and not 0.0 < momentum < 1.0:
-        raise ValueError(
-            f"optim_args momentum={momentum} for optim={ctx.spec.name!r} must be between 0 and 1 (exclusive)"
-        )
-    if ctx.spec.owns_warmup:
-        kwargs["warmup_steps"] = warmup_steps(ctx)
+    """AdamW / SGD schedule-free with the warm-up converted to steps (RAdam takes none: no builder)."""
+    kwargs = dict(ctx.kwargs)  # momentum in (0, 1): the option's range, checked by the parser
+    kwargs["warmup_steps"] = warmup_steps(ctx)
     return ctx.target(), ctx.with_groups(kwargs)

@@ -40,7 +40,7 @@ class SignSGD(torch.optim.Optimizer):
 
 def _sign_on_targets(ctx):
     """Sign steps on the targeted Linear weights; elsewhere the step is scaled down by `other_scale`."""
-    scale = ctx.options.get("other_scale", 0.1)
+    scale = ctx.options["other_scale"]  # every declared option is there: given, else its default
     groups = []
     for group in ctx.groups:
         targeted = group.get("targeted", False)
