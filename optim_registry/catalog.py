@@ -27,7 +27,7 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
     """
     import torch
 
-    from .build import signature_options
+    from .signature import signature_options
     from .spec import HPARAMS
 
     meta = dict(meta or {})

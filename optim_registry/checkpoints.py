@@ -166,11 +166,12 @@ def _is_rate(key: str) -> bool:
 def asked_optimizer(args: Any, model: Any) -> dict[str, Any]:
     """What ``args`` ask to build: name, typed options (rates and shared hyperparameters apart), targets."""
     from . import build
+    from .spec import HPARAM_OPTIONS
 
     name = str(getattr(args.optim, "value", args.optim))
     spec = build.spec_for(name)
     given = build.parse_optim_args(spec, getattr(args, "optim_args", None))
-    shared = set(build.HPARAM_OPTIONS)
+    shared = set(HPARAM_OPTIONS)
     options = {k: plain(v) for k, v in sorted(given.items()) if k not in shared and not _is_rate(k)}
     targets = None
     if spec.target_modules and model is not None:

@@ -117,7 +117,7 @@ def format_value(value: Any) -> str:
 
 def option_table(spec: OptimizerSpec) -> list[Option]:
     """The record's ``optim_args`` keys, then the hyperparameters it lets ``optim_args`` override."""
-    from .build import option_table as table
+    from .spec import option_table as table
 
     return table(spec)
 

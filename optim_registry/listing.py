@@ -39,7 +39,7 @@ class OptimizerInfo:
 
 
 def info(spec: OptimizerSpec, providers: list[tuple[str, str | None, bool]] | None = None) -> OptimizerInfo:
-    from .build import option_table
+    from .spec import option_table
 
     absent = deps.missing(spec.requires)
     options = {

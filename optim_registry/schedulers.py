@@ -407,7 +407,7 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
     """
     import torch
 
-    from .build import signature_options
+    from .signature import signature_options
 
     meta = dict(meta or {})
     if isinstance(obj, SchedulerSpec):

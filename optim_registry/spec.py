@@ -7,6 +7,7 @@ which protocol the training loop must follow. One builder (``build.py``) interpr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -294,3 +295,55 @@ def with_guessed_range(option: Option) -> Option:
     if option.type in ("floats", "ints") and isinstance(option.default, (tuple, list)) and option.length is None:
         changes["length"] = len(option.default)
     return replace(option, **changes) if changes else option
+
+
+#: Types and ranges of the TrainingArguments hyperparameters when overridden in ``optim_args``.
+HPARAM_OPTIONS = {
+    "lr": Option("lr", "float", None, "learning rate (default: TrainingArguments.learning_rate)", **NONNEG),
+    "betas": Option("betas", "floats", None, "(beta1, beta2) (default: adam_beta1, adam_beta2)", **UNIT),
+    "eps": Option("eps", "float", None, "epsilon (default: TrainingArguments.adam_epsilon)", **NONNEG),
+    "weight_decay": Option(
+        "weight_decay", "float", None, "weight decay (default: TrainingArguments.weight_decay)", **NONNEG
+    ),
+}
+
+#: The TrainingArguments fields behind each hyperparameter, with the same ranges.
+HPARAM_FIELDS = {
+    "lr": (Option("learning_rate", "float", **NONNEG),),
+    "betas": (Option("adam_beta1", "float", **UNIT), Option("adam_beta2", "float", **UNIT)),
+    "eps": (Option("adam_epsilon", "float", **NONNEG),),
+    "weight_decay": (Option("weight_decay", "float", **NONNEG),),
+}
+
+
+def hparam_option(spec: OptimizerSpec, key: str) -> Option:
+    """The ``optim_args`` override of one hyperparameter for ``spec`` (``betas`` with the record's count)."""
+    option = HPARAM_OPTIONS[key]
+    if key == "betas":
+        counts = (spec.num_betas,) if isinstance(spec.num_betas, int) else tuple(spec.num_betas)
+        help_text = f"({', '.join(f'beta{i + 1}' for i in range(max(counts)))}) (default: adam_beta1, adam_beta2"
+        help_text += (", then the record's own" if max(counts) > 2 else "") + ")"
+        option = replace(option, length=spec.num_betas, help=help_text)
+    return option
+
+
+def option_table(spec: OptimizerSpec) -> list[Option]:
+    """The record's options followed by the hyperparameters it lets ``optim_args`` override."""
+    table = list(spec.options)
+    declared = {o.name for o in table}
+    table += [hparam_option(spec, h) for h in ("lr", "betas", "eps", "weight_decay") if h in spec.hparams and h not in declared]
+    return table
+
+
+def group_option_table(spec: OptimizerSpec) -> dict[str, Option]:
+    """Per-group options ``optim_groups`` rules may set for ``spec``, typed (lr / weight_decay excluded)."""
+    table = {o.name: o for o in option_table(spec)}
+    if "betas" in table and "betas" not in spec.option_map:
+        # The TrainingArguments pair (adam_beta1, adam_beta2): in a group it must be a valid pair too.
+        table["betas"] = dataclasses.replace(table["betas"], length=2, low=0.0, high=1.0, high_open=True)
+    names = spec.group_options
+    if names is None:
+        target = spec.target if isinstance(spec.target, str) else ""
+        # torch.optim classes put every constructor option into their defaults: all are per group.
+        names = frozenset(table) if target.startswith("torch.optim:") else frozenset({"betas", "eps"}) & spec.hparams
+    return {n: table[n] for n in sorted(names) if n in table and n not in ("lr", "weight_decay")}
