@@ -23,6 +23,7 @@ from .spec import (
     OptimizerSpec,
     Values,
     group_option_table,
+    is_factory,
     option_table,
 )
 
@@ -325,7 +326,7 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         # A builder that left the groups to the Trainer would drop the rules: hand it the composed ones.
         kwargs = {**kwargs, "params": ctx.groups}
     if spec.layerwise:
-        from .layerwise_build import layerwise_factory
+        from .layerwise import layerwise_factory
 
         return layerwise_factory(ctx, cls, kwargs)
     if fsdp2 and spec.distributed.fsdp2_math == "owner":
@@ -435,13 +436,6 @@ def owner_stepped(spec: OptimizerSpec, cls: Any) -> Any:
     from .sharded import owner_stepped_class
 
     return owner_stepped_class(cls)
-
-
-def is_factory(obj: Any) -> bool:
-    """transformers' rule: anything that is not an Optimizer subclass is a factory."""
-    import torch
-
-    return not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer))
 
 
 def instantiate(

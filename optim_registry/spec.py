@@ -347,3 +347,10 @@ def group_option_table(spec: OptimizerSpec) -> dict[str, Option]:
         # torch.optim classes put every constructor option into their defaults: all are per group.
         names = frozenset(table) if target.startswith("torch.optim:") else frozenset({"betas", "eps"}) & spec.hparams
     return {n: table[n] for n in sorted(names) if n in table and n not in ("lr", "weight_decay")}
+
+
+def is_factory(obj: Any) -> bool:
+    """transformers' rule: anything that is not an Optimizer subclass is a factory."""
+    import torch
+
+    return not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer))

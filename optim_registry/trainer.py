@@ -81,7 +81,7 @@ def validate_training_args(args: Any, *, building: bool = False) -> None:
             "check the gradients. Use bf16=True, or the whole-model name " + repr(spec.base) + "."
         )
     if spec.layerwise:
-        from .layerwise_build import check_layerwise_clipping
+        from .layerwise import check_layerwise_clipping
 
         # transformers' default max_grad_norm passes (warned about when the optimizer is built); another
         # value needs a clipping option.
