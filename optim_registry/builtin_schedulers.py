@@ -1,6 +1,6 @@
 """Scheduler names beyond transformers' own: one_cycle, cosine_with_warmup_restarts, rex, step, multistep.
 
-Data only: each record points at a function in ``optim_registry.schedules`` (imported when the name
+Data only: each record points at a function in ``optim_registry.schedule_functions`` (imported when the name
 is used) and declares its ``lr_scheduler_kwargs`` with the function's signature defaults. The checks
 refuse what no single option's range can, as soon as the arguments show it.
 """
@@ -12,11 +12,11 @@ from typing import Any
 from .schedulers import LAST_EPOCH, RunFacts, SchedulerSpec
 from .spec import opt
 
-_FN = "optim_registry.schedules"
+_FN = "optim_registry.schedule_functions"
 
 
 def _check_restarts(kwargs: dict[str, Any], run: RunFacts) -> None:
-    from .schedules import resolve_cycle_warmup
+    from .schedule_functions import resolve_cycle_warmup
 
     name = "lr_scheduler_type='cosine_with_warmup_restarts'"
     steps, ratio = kwargs.get("cycle_warmup_steps"), kwargs.get("cycle_warmup_ratio")

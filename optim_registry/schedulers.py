@@ -4,7 +4,7 @@ A scheduler record names a function ``(optimizer, num_warmup_steps, num_training
 or an ``LRScheduler`` subclass, declares its typed options, and says whether it needs evaluation
 metrics. ``lr_scheduler_kwargs`` (a dict, a JSON string or ``"k=v,k=v"``) is parsed against those
 options in ``optim_args.parse_options``. transformers' names point at transformers' own functions;
-the extra names live in ``builtin_schedulers`` (records) and ``schedules`` (functions).
+the extra names live in ``builtin_schedulers`` (records) and ``schedule_functions`` (functions).
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def _check_polynomial(kwargs: dict[str, Any], run: RunFacts) -> None:
 
 
 def _build_polynomial(optimizer: Any, warmup: int, total: int, kwargs: dict[str, Any], args: Any) -> Any:
-    from .schedules import get_polynomial_schedule
+    from .schedule_functions import get_polynomial_schedule
 
     return get_polynomial_schedule(optimizer, warmup, total, lr_init=reference_lr(optimizer, args), **kwargs)
 
@@ -243,7 +243,7 @@ _WSD_PHASES = ("num_decay_steps", "decay_ratio", "num_stable_steps", "stable_rat
 
 
 def _check_wsd(kwargs: dict[str, Any], run: RunFacts) -> None:
-    from .schedules import wsd_phase_steps
+    from .schedule_functions import wsd_phase_steps
 
     phases = {k: kwargs[k] for k in _WSD_PHASES if k in kwargs}
     wsd_phase_steps(1, **phases)  # the count-or-ratio rules, whatever the run's length
@@ -261,7 +261,7 @@ def _check_wsd(kwargs: dict[str, Any], run: RunFacts) -> None:
 def _build_wsd(optimizer: Any, warmup: int, total: int, kwargs: dict[str, Any], args: Any) -> Any:
     from transformers.optimization import get_wsd_schedule
 
-    from .schedules import wsd_phase_steps
+    from .schedule_functions import wsd_phase_steps
 
     kwargs = dict(kwargs)
     decay, stable = wsd_phase_steps(total, **{k: kwargs.pop(k) for k in _WSD_PHASES if k in kwargs})
@@ -271,7 +271,7 @@ def _build_wsd(optimizer: Any, warmup: int, total: int, kwargs: dict[str, Any], 
 
 
 _TF = "transformers.optimization"
-_FN = "optim_registry.schedules"
+_FN = "optim_registry.schedule_functions"
 #: Every transformers schedule function takes it: the index of the last step done (-1: start afresh).
 LAST_EPOCH = opt("last_epoch", "int", -1, "index of the last step already done (-1: start at step 0)", low=-1)
 _CYCLES = opt("num_cycles", "float", 0.5, "number of cosine waves (0.5: down to 0 once)", low=0)
