@@ -354,3 +354,48 @@ def is_factory(obj: Any) -> bool:
     import torch
 
     return not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer))
+
+
+_STEP_ARGS = ("num_warmup_steps", "num_training_steps")
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """Everything the registry knows about one ``lr_scheduler_type`` name."""
+
+    name: str
+    target: str | Callable[..., Any] | type
+    description: str
+    options: tuple[Option, ...] = ()
+    #: Which of num_warmup_steps / num_training_steps the target takes.
+    takes: frozenset[str] = frozenset(_STEP_ARGS)
+    #: Stepped with evaluation metrics (ReduceLROnPlateau, GreedyLR): needs eval during training.
+    needs_eval: bool = False
+    #: ``(optimizer, num_warmup_steps, num_training_steps, kwargs, args) -> scheduler`` replacing the
+    #: generic call, for names whose kwargs must be converted first (ratios, absolute rates).
+    builder: str | Callable[..., Any] | None = None
+    #: ``(typed_kwargs, run) -> None`` (or ``(typed_kwargs) -> None``) raising ``ValueError`` for what no
+    #: single option's range can refuse: a count and a ratio of the same phase, a floor above the rate,
+    #: phases longer than the run. ``run`` is a ``RunFacts``; its fields are ``None`` where the arguments
+    #: do not tell yet. Run when the arguments are created, again before the optimizer is built, and
+    #: when the scheduler is built.
+    check: Callable[..., None] | None = None
+    source: str = "builtin"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def option_map(self) -> dict[str, Option]:
+        return {o.name: o for o in self.options}
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What is known about the run a schedule will drive, for the records' ``check`` hooks."""
+
+    #: The rate absolute options (``min_lr``, ``lr_end``) are relative to.
+    learning_rate: float | None = None
+    #: Optimizer steps of the whole run (``max_steps``, or the Trainer's count).
+    total_steps: int | None = None
+    #: The schedule's warm-up in steps (0 for optimizers that warm up themselves); ``None`` while a
+    #: fractional ``warmup_steps`` has no known total to be a fraction of.
+    warmup_steps: int | None = None
