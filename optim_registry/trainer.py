@@ -21,7 +21,7 @@ from transformers.training_args import OptimizerNames as HFOptimizerNames
 from . import build
 from .build import decay_names_override
 from .catalog import optimizers
-from .checkpoints import CheckpointMixin
+from .checkpoints import CheckpointMixin, unwrap_optimizer
 from .distributed import check_distributed
 from .schedulers import check_kwargs_json, check_scheduler_args, create_scheduler, schedulers
 
@@ -203,13 +203,6 @@ class TrainingArguments(RegistryArgumentsMixin, transformers.TrainingArguments):
 
     ``optim_args`` accepts the ``"k=v,k=v"`` string and a dict.
     """
-
-
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The optimizer inside accelerate's wrapper (or the optimizer itself)."""
-    while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "optim_registry_name"):
-        optimizer = optimizer.optimizer
-    return optimizer
 
 
 class OptimRegistryMixin(CheckpointMixin):
