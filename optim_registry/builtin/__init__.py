@@ -9,7 +9,7 @@ from ..spec import POSITIVE, Distributed, OptimizerSpec, Option
 
 #: The family modules, each defining ``RECORDS`` (a tuple sorted by name).
 FAMILIES = (
-    "torch_native",
+    "torch",
     "bitsandbytes",
     "low_rank",
     "lomo",
