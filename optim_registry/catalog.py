@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from .registry import PluginError, Registry, caller_module, check_new_name
@@ -68,11 +67,22 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
     )
 
 
+def _refreshed(spec: OptimizerSpec) -> OptimizerSpec:
+    """The built-in record as its ``refresh`` hook has it for the installed library (most have none)."""
+    if spec.refresh is None:
+        return spec
+    from .deps import import_object
+
+    hook = import_object(spec.refresh) if isinstance(spec.refresh, str) else spec.refresh
+    return hook(spec)
+
+
 optimizers: Registry[OptimizerSpec] = Registry(
     kind="optimizer",
     group=OPTIMIZER_GROUP,
     builtin_loader=_builtin_optimizers,
     plugin_adapter=lambda name, obj, source: spec_from_object(name, obj, source),
+    resolve_builtin=_refreshed,
 )
 
 
@@ -112,5 +122,3 @@ def unregister_optimizer(name: str) -> None:
 def builtin_names() -> list[str]:
     return sorted(optimizers.builtin())
 
-
-Decorator = Callable[[Any], Any]

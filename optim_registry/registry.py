@@ -92,6 +92,8 @@ class Registry(Generic[S]):
     group: str  # entry-point group
     builtin_loader: Callable[[], list[S]]
     plugin_adapter: Callable[[str, Any, str], S]
+    #: Given a built-in record when its name is resolved (``get``, not listing); returns the record to use.
+    resolve_builtin: Callable[[S], S] | None = None
     _builtin: dict[str, S] | None = None
     _providers: dict[str, list[_Provider]] = field(default_factory=dict)
     _discovered: bool = False
@@ -240,6 +242,8 @@ class Registry(Generic[S]):
             warnings.warn(
                 self.shadow_message(name, [shadowed]), PluginShadowWarning, stacklevel=external_stacklevel()
             )
+        if self.resolve_builtin is not None:
+            return self.resolve_builtin(builtin)  # type: ignore[arg-type]
         return builtin  # type: ignore[return-value]
 
     def shadow_message(self, name: str, plugins: list[Any]) -> str:

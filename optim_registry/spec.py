@@ -236,6 +236,10 @@ class OptimizerSpec:
     group_options: frozenset[str] | None = None
     #: Hidden-matrix routing of a hybrid optimizer (Muon, Dion); ``None`` for every other optimizer.
     routing: MatrixRouting | None = None
+    #: ``"module:function"`` (or the function) given the record when its name is resolved; returns the record
+    #: to use. pytorch_optimizer's records re-read their options from the installed class when the library is
+    #: not the version their shipped catalogue was generated from.
+    refresh: str | Callable[[OptimizerSpec], OptimizerSpec] | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

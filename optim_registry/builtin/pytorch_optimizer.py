@@ -11,8 +11,10 @@ betas) they are ``optim_args`` keys keeping the library default, so the argument
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import re
+import warnings
 from typing import Any
 
 from ..signature import catalog_option, docstring_args
@@ -197,6 +199,7 @@ def record(
         unsupported=None if status == "ok" else status,
         paper=entry["paper"],
         distributed=_distributed(sharding),
+        refresh=f"{__name__}:current",
     )
 
 
@@ -286,3 +289,69 @@ def describe(name: str, cls: type) -> dict[str, Any]:
         "options": tuple(options),
         "group_options": _group_options(cls, signature),
     }
+
+
+# -- the installed library against the catalogue -------------------------------------------------------
+class CatalogueVersionWarning(UserWarning):
+    """The installed pytorch_optimizer is not the version the ``po_*`` catalogue was generated from."""
+
+
+#: ``(name, installed version) -> record`` with options read from the installed class.
+_LIVE: dict[tuple[str, str], OptimizerSpec] = {}
+_WARNED: set[str] = set()
+
+
+def installed_version() -> str | None:
+    """The installed pytorch_optimizer's version (metadata only: nothing is imported), or None."""
+    try:
+        return importlib.metadata.version("pytorch_optimizer")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def current(spec: OptimizerSpec) -> OptimizerSpec:
+    """``spec`` as the installed pytorch_optimizer has it (the records' ``refresh`` hook).
+
+    The shipped catalogue types every option from one library version. With another installed, its
+    tables would refuse new keys and pass removed ones on; so the options (and the hyperparameters the
+    arguments feed) are read from the installed class, which is imported at this point anyway, with the
+    same inferer as the catalogue, and a ``CatalogueVersionWarning`` says so once per process. The
+    measured statuses (layer-wise, sharding) stay those of the catalogue's version.
+    """
+    from .pytorch_optimizer_catalog import CATALOG, LIBRARY_VERSION
+
+    installed = installed_version()
+    if installed is None or installed == LIBRARY_VERSION:
+        return spec
+    key = (spec.name, installed)
+    if key in _LIVE:
+        return _LIVE[key]
+    base = (spec.base or spec.name).removeprefix(PREFIX)
+    pinned = CATALOG.get(base)
+    try:
+        from ..deps import import_object
+
+        cls = import_object(spec.target) if isinstance(spec.target, str) else spec.target
+    except Exception:  # noqa: BLE001 - the build reports the failed import with its install line
+        return spec
+    entry = describe(base, cls)
+    if installed not in _WARNED:
+        _WARNED.add(installed)
+        from ..registry import external_stacklevel
+
+        warnings.warn(
+            f"pytorch_optimizer {installed} is installed, but the po_* catalogue was generated from "
+            f"{LIBRARY_VERSION}: the options of po_* names are read from the installed classes (their measured "
+            "statuses may be stale; regenerate with tools/gen_pytorch_optimizer_catalog.py)",
+            CatalogueVersionWarning, stacklevel=external_stacklevel(),
+        )
+    ours = {o[0] for o in (pinned or {}).get("options", ()) + (pinned or {}).get("group_options", ())}
+    kept = tuple(o for o in spec.options if o.name not in ours)  # a twin's clip options
+    group_options = _options(entry, "group_options")
+    live = spec.variant(
+        options=_options(entry) + group_options + kept,
+        target_options=frozenset(o.name for o in group_options),
+        hparams=frozenset(entry["hparams"]) or frozenset({"lr"}),
+    )
+    _LIVE[key] = live
+    return live
