@@ -116,7 +116,7 @@ def _name_of(args: Any) -> str:
 
 
 def spec_for(name: str) -> OptimizerSpec:
-    from .catalog import optimizers
+    from .registry import optimizers
 
     return optimizers.get(name)
 

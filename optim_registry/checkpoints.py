@@ -422,7 +422,7 @@ def _way_out() -> str:
 
 
 def _whole_model_name(name: str) -> str:
-    from .catalog import optimizers
+    from .registry import optimizers
 
     try:
         spec = optimizers.get(name)

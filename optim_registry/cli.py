@@ -123,7 +123,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
 # -- show -----------------------------------------------------------------------------------------
 def _resolve(name: str) -> Any:
     """The record for ``name``; prints the registry's message (closest names) and returns None if unknown."""
-    from .catalog import optimizers
+    from .registry import optimizers
 
     try:
         optimizers.check_name(name)

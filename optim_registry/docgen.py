@@ -314,7 +314,7 @@ def first_sentence(text: str) -> str:
 # -- pages ------------------------------------------------------------------------------------------
 def builtin_specs() -> list[OptimizerSpec]:
     """Every built-in record, sorted by name (plugins never reach the committed docs)."""
-    from .catalog import optimizers
+    from .registry import optimizers
 
     return [optimizers.builtin()[n] for n in sorted(optimizers.builtin())]
 

@@ -92,7 +92,7 @@ def _jsonable(value: Any) -> Any:
 
 def list_optimizers() -> list[OptimizerInfo]:
     """Every registered optimizer name, built-in and plugin, sorted by name."""
-    from .catalog import optimizers
+    from .registry import optimizers
 
     out = []
     builtin = optimizers.builtin()

@@ -16,8 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 from .builtin.schedulers import reference_lr
-from .catalog import SCHEDULER_GROUP
 from .optim_args import parse_options
+from .plugins import SCHEDULER_GROUP
 from .registry import PluginError, Registry
 from .spec import _STEP_ARGS, RunFacts, SchedulerSpec
 
@@ -40,7 +40,7 @@ def run_facts(args: Any, num_training_steps: int | None = None) -> RunFacts:
 
 
 def _optimizer_spec(args: Any) -> Any:
-    from .catalog import optimizers
+    from .registry import optimizers
 
     name = getattr(args, "optim", None)
     name = str(getattr(name, "value", name))

@@ -20,9 +20,9 @@ from transformers.training_args import OptimizerNames as HFOptimizerNames
 
 from . import build
 from .build import decay_names_override
-from .catalog import optimizers
 from .checkpoints import CheckpointMixin, unwrap_optimizer
 from .distributed import check_distributed
+from .registry import optimizers
 from .schedulers import check_kwargs_json, check_scheduler_args, create_scheduler, schedulers
 
 _HF_OPTIMS = {m.value for m in HFOptimizerNames}

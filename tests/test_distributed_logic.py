@@ -7,8 +7,8 @@ import json
 import pytest
 
 from optim_registry import TrainingArguments
-from optim_registry.catalog import optimizers
 from optim_registry.distributed import check_distributed, detect_backend
+from optim_registry.registry import optimizers
 
 
 class Args:

@@ -9,7 +9,7 @@ import pytest
 from optim_registry.build import parse_optim_args
 from optim_registry.builtin import pytorch_optimizer as po
 from optim_registry.builtin.pytorch_optimizer_catalog import CATALOG, LIBRARY_VERSION
-from optim_registry.catalog import optimizers
+from optim_registry.registry import optimizers
 
 
 @pytest.fixture

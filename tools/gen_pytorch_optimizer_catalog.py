@@ -73,7 +73,7 @@ def survey_one(name: str) -> dict[str, Any]:
     from optim_registry.builtin import layerwise_variant
     from optim_registry.builtin.pytorch_optimizer import PREFIX, record
     from optim_registry.builtin.pytorch_optimizer_catalog import CATALOG
-    from optim_registry.catalog import register_optimizer
+    from optim_registry.registry import register_optimizer
     from optim_registry.testing import check_optimizer
 
     layerwise = name.endswith("_layerwise")
