@@ -19,7 +19,7 @@ from .builtin.schedulers import reference_lr
 from .optim_args import parse_options
 from .plugins import SCHEDULER_GROUP
 from .registry import PluginError, Registry
-from .spec import _STEP_ARGS, RunFacts, SchedulerSpec
+from .spec import STEP_ARGS, RunFacts, SchedulerSpec
 
 
 def run_facts(args: Any, num_training_steps: int | None = None) -> RunFacts:
@@ -101,8 +101,8 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
         params = inspect.signature(obj.__init__ if is_class else obj).parameters
     except (TypeError, ValueError):
         params = {}
-    takes = frozenset(a for a in _STEP_ARGS if a in params)
-    skip = {"optimizer", "last_epoch", "verbose", *_STEP_ARGS}
+    takes = frozenset(a for a in STEP_ARGS if a in params)
+    skip = {"optimizer", "last_epoch", "verbose", *STEP_ARGS}
     fields = {
         "target": obj,
         "description": ((obj.__doc__ or name).strip().splitlines() or [name])[0],
@@ -169,7 +169,7 @@ def parse_scheduler_kwargs(
     from .optim_args import to_mapping
 
     mapping = to_mapping(raw, "lr_scheduler_kwargs") if raw else {}
-    clash = [k for k in _STEP_ARGS if k in mapping]
+    clash = [k for k in STEP_ARGS if k in mapping]
     if clash:
         raise ValueError(
             f"lr_scheduler_kwargs key {clash[0]!r} is set by the Trainer from max_steps / warmup_steps; "

@@ -360,7 +360,8 @@ def is_factory(obj: Any) -> bool:
     return not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer))
 
 
-_STEP_ARGS = ("num_warmup_steps", "num_training_steps")
+#: The step counts a scheduler function may take, passed by the Trainer.
+STEP_ARGS = ("num_warmup_steps", "num_training_steps")
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,7 @@ class SchedulerSpec:
     description: str
     options: tuple[Option, ...] = ()
     #: Which of num_warmup_steps / num_training_steps the target takes.
-    takes: frozenset[str] = frozenset(_STEP_ARGS)
+    takes: frozenset[str] = frozenset(STEP_ARGS)
     #: Stepped with evaluation metrics (ReduceLROnPlateau, GreedyLR): needs eval during training.
     needs_eval: bool = False
     #: ``(optimizer, num_warmup_steps, num_training_steps, kwargs, args) -> scheduler`` replacing the
