@@ -63,7 +63,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "pytorch_optimizer": (
         "pytorch_optimizer (`po_*` names)",
         "The optimizers of the pytorch_optimizer library that pass the registry's conformance harness, "
-        "under `po_<name>`.",
+        "under `po_<name>`. Their options are typed from the version the shipped catalogue was generated from; "
+        "with another version installed, a name's options are read from the installed class when the name is "
+        "resolved, and a `CatalogueVersionWarning` says so once.",
     ),
     "torchao": ("torchao low-bit optimizers", "4-bit, 8-bit and FP8 AdamW state from torchao."),
     "misc": ("Other optimizers", "Optimizers that fit no other family."),
