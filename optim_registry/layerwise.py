@@ -15,6 +15,9 @@ each gradient), the second steps with the clip coefficient.
 Under DDP the gradient a parameter's hook sees is this process's own, not yet averaged: there
 ``attach_ddp(ddp_model)`` moves the stepping into a DDP communication hook, so each parameter is
 stepped as soon as its gradient bucket has been all-reduced (see ``optim_registry.layerwise_ddp``).
+
+The end of the module turns any record's ``(optimizer class, kwargs)`` into the factory the stock Trainer
+calls for a ``_layerwise`` name (``layerwise_factory``), with its clipping rules.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Every optimizer of pytorch_optimizer's registry as ``po_<name>``, built from shipped catalogue data.
+"""Every optimizer of pytorch_optimizer's registry as ``po_<name>``, and all the registry knows about the library.
+
+Hand-curated here: which builder (families/pytorch_optimizer.py) each name the generic path cannot build needs, notes,
+training-protocol and sharding limits, the names without a layer-wise twin, and the introspection (``describe``)
+that types a class's options, used by the generator and by ``current`` when another library version is installed.
 
 The names, classes and typed options live in ``pytorch_optimizer_catalog.py`` (generated from the library by
 ``tools/gen_pytorch_optimizer_catalog.py``), so listing them never imports pytorch_optimizer. A name whose
