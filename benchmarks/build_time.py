@@ -91,7 +91,7 @@ def model_rows(quick: bool, synthetic: int) -> list[tuple[str, str, Callable[[],
 # -- the three ways of building -----------------------------------------------------------------
 def arg_kwargs(name: str, tmp: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(output_dir=tmp, optim=name, report_to=[], use_cpu=True, save_strategy="no")
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     spec = optimizers.get(name)
     if spec.target_modules:
@@ -195,7 +195,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
             a.optims = "adamw_torch,sgd_layerwise"  # one stock-comparable name, one layer-wise build
     before = C.machine()
 
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     names = [n.strip() for n in a.optims.split(",") if n.strip()]
     notes: list[str] = []

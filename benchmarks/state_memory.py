@@ -110,8 +110,8 @@ def measure_optimizer(optimizer: Any) -> dict[str, int]:
 # -- selection ----------------------------------------------------------------------------------
 def select(patterns: list[str] | None) -> tuple[list[Any], dict[str, str]]:
     """Records to run, and the reason each other registered name is not run."""
-    from optim_registry.catalog import optimizers
     from optim_registry.listing import list_optimizers
+    from optim_registry.registry import optimizers
 
     chosen, skipped = [], {}
     for info in list_optimizers():
@@ -198,7 +198,7 @@ def update_lines(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
 
 def measure_name(name: str, model_kw: dict[str, int], tmp: str) -> dict[str, Any]:
     """One name's row: measured, refused by the registry (``not_run``) or failed (``error``)."""
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     spec = optimizers.get(name)
     row: dict[str, Any] = {"optim": spec.name, "family": spec.family, "record": spec.state_bytes}

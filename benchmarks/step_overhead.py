@@ -123,7 +123,7 @@ def runnable(name: str) -> str | None:
     from transformers.training_args import OptimizerNames
 
     from optim_registry import deps
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     if name not in optimizers:
         return "not registered in optim_registry"

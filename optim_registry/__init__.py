@@ -19,8 +19,8 @@ _LAZY = {
     "get_optimizer_cls_and_kwargs": "build",
     "create_optimizer": "build",
     "create_scheduler": "schedulers",
-    "register_optimizer": "catalog",
-    "unregister_optimizer": "catalog",
+    "register_optimizer": "registry",
+    "unregister_optimizer": "registry",
     "register_scheduler": "schedulers",
     "list_optimizers": "listing",
     "list_schedulers": "listing",
@@ -31,7 +31,7 @@ _LAZY = {
     "SchedulerSpec": "schedulers",
     "BuildContext": "build",
     "MissingDependencyError": "deps",
-    "PluginError": "registry",
+    "PluginError": "plugins",
     "LayerwiseOptimizer": "layerwise",
 }
 
@@ -44,7 +44,7 @@ _LOCK = threading.Lock()
 def _make_optimizer_names() -> Any:
     from enum import Enum
 
-    from .catalog import builtin_names
+    from .registry import builtin_names
 
     # One class for the process: threads that first touch the attribute together wait here, and the
     # later ones take the class the first one made (``OptimizerNames.X is OptimizerNames.X`` everywhere).

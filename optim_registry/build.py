@@ -10,35 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import deps
 from .optim_args import check_range, coerce, parse_options, shorten
 from .param_groups import build_groups, target_linear_weights
-from .spec import NONNEG, UNIT, OptimizerSpec, Option, Values, with_guessed_range
-
-#: Types and ranges of the TrainingArguments hyperparameters when overridden in ``optim_args``.
-HPARAM_OPTIONS = {
-    "lr": Option("lr", "float", None, "learning rate (default: TrainingArguments.learning_rate)", **NONNEG),
-    "betas": Option("betas", "floats", None, "(beta1, beta2) (default: adam_beta1, adam_beta2)", **UNIT),
-    "eps": Option("eps", "float", None, "epsilon (default: TrainingArguments.adam_epsilon)", **NONNEG),
-    "weight_decay": Option(
-        "weight_decay", "float", None, "weight decay (default: TrainingArguments.weight_decay)", **NONNEG
-    ),
-}
-
-#: The TrainingArguments fields behind each hyperparameter, with the same ranges.
-HPARAM_FIELDS = {
-    "lr": (Option("learning_rate", "float", **NONNEG),),
-    "betas": (Option("adam_beta1", "float", **UNIT), Option("adam_beta2", "float", **UNIT)),
-    "eps": (Option("adam_epsilon", "float", **NONNEG),),
-    "weight_decay": (Option("weight_decay", "float", **NONNEG),),
-}
-
+from .spec import (
+    HPARAM_FIELDS,
+    OptimizerSpec,
+    Option,
+    Values,
+    group_option_table,
+    is_factory,
+    option_table,
+)
 
 #: Decay names chosen by the Trainer (its ``get_decay_parameter_names``, which users may override).
 _DECAY_NAMES: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("decay_names", default=None)
@@ -172,42 +160,9 @@ def _name_of(args: Any) -> str:
 
 
 def spec_for(name: str) -> OptimizerSpec:
-    from .catalog import optimizers
+    from .registry import optimizers
 
     return optimizers.get(name)
-
-
-def hparam_option(spec: OptimizerSpec, key: str) -> Option:
-    """The ``optim_args`` override of one hyperparameter for ``spec`` (``betas`` with the record's count)."""
-    option = HPARAM_OPTIONS[key]
-    if key == "betas":
-        counts = (spec.num_betas,) if isinstance(spec.num_betas, int) else tuple(spec.num_betas)
-        help_text = f"({', '.join(f'beta{i + 1}' for i in range(max(counts)))}) (default: adam_beta1, adam_beta2"
-        help_text += (", then the record's own" if max(counts) > 2 else "") + ")"
-        option = replace(option, length=spec.num_betas, help=help_text)
-    return option
-
-
-def option_table(spec: OptimizerSpec) -> list[Option]:
-    """The record's options followed by the hyperparameters it lets ``optim_args`` override."""
-    table = list(spec.options)
-    declared = {o.name for o in table}
-    table += [hparam_option(spec, h) for h in ("lr", "betas", "eps", "weight_decay") if h in spec.hparams and h not in declared]
-    return table
-
-
-def group_option_table(spec: OptimizerSpec) -> dict[str, Option]:
-    """Per-group options ``optim_groups`` rules may set for ``spec``, typed (lr / weight_decay excluded)."""
-    table = {o.name: o for o in option_table(spec)}
-    if "betas" in table and "betas" not in spec.option_map:
-        # The TrainingArguments pair (adam_beta1, adam_beta2): in a group it must be a valid pair too.
-        table["betas"] = dataclasses.replace(table["betas"], length=2, low=0.0, high=1.0, high_open=True)
-    names = spec.group_options
-    if names is None:
-        target = spec.target if isinstance(spec.target, str) else ""
-        # torch.optim classes put every constructor option into their defaults: all are per group.
-        names = frozenset(table) if target.startswith("torch.optim:") else frozenset({"betas", "eps"}) & spec.hparams
-    return {n: table[n] for n in sorted(names) if n in table and n not in ("lr", "weight_decay")}
 
 
 def parse_group_rules(spec: OptimizerSpec, raw: Any) -> tuple[Any, ...]:
@@ -415,7 +370,7 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         # A builder that left the groups to the Trainer would drop the rules: hand it the composed ones.
         kwargs = {**kwargs, "params": ctx.groups}
     if spec.layerwise:
-        from .layerwise_build import layerwise_factory
+        from .layerwise import layerwise_factory
 
         return layerwise_factory(ctx, cls, kwargs)
     if fsdp2 and spec.distributed.fsdp2_math == "owner":
@@ -527,13 +482,6 @@ def owner_stepped(spec: OptimizerSpec, cls: Any) -> Any:
     return owner_stepped_class(cls)
 
 
-def is_factory(obj: Any) -> bool:
-    """transformers' rule: anything that is not an Optimizer subclass is a factory."""
-    import torch
-
-    return not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer))
-
-
 def instantiate(
     cls: Any, kwargs: dict[str, Any], model: Any, default_groups: Callable[[], list[dict[str, Any]]]
 ) -> Any:
@@ -643,55 +591,3 @@ def keep_embeddings_32bit(model: Any) -> int:
             manager.register_module_override(module, "weight", {"optim_bits": 32})
             covered += module.weight.numel()
     return covered
-
-
-def signature_options(cls: Any, skip: set[str], *, ranges: bool = False) -> tuple[Option, ...]:
-    """Options typed from a constructor's signature defaults (used for plugins and catalogues).
-
-    ``ranges=True`` (optimizer plugins) adds the range an option's name makes obvious (rates, eps,
-    weight decay, betas, momentum cannot be negative) and marks arguments without a default required.
-    """
-    out = []
-    try:
-        params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
-    except (TypeError, ValueError):
-        return ()
-    for pname, p in params.items():
-        if pname in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or pname in ("self", "params"):
-            continue
-        default = None if p.default is inspect.Parameter.empty else p.default
-        option = Option(pname, _type_of(default, p.annotation), default, nullable=default is None)
-        if ranges:
-            option = with_guessed_range(replace(option, required=p.default is inspect.Parameter.empty))
-        out.append(option)
-    return tuple(out)
-
-
-def _type_of(default: Any, annotation: Any = inspect.Parameter.empty) -> str:
-    """An option type from the annotation when it says one clearly, else from the default's type."""
-    if annotation is not inspect.Parameter.empty:
-        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-        text = text.replace("typing.", "").replace(" ", "")
-        words = set(text.replace("|", ",").replace("[", ",").replace("]", ",").split(","))
-        words.discard("None")
-        words.discard("Optional")
-        if text.startswith(("tuple", "Tuple")) and "float" in text:
-            return "floats"
-        if words & {"float", "Tensor", "torch.Tensor"} and not words & {"str", "bool", "tuple", "Tuple", "list"}:
-            return "float"
-        for kind in ("bool", "int", "str"):
-            if words == {kind}:
-                return kind
-    if isinstance(default, bool):
-        return "bool"
-    if isinstance(default, int):
-        return "int"
-    if isinstance(default, float):
-        return "float"
-    if isinstance(default, str):
-        return "str"
-    if isinstance(default, (tuple, list)) and default and all(isinstance(v, (int, float)) for v in default):
-        return "ints" if all(isinstance(v, int) and not isinstance(v, bool) for v in default) else "floats"
-    if type(default).__name__ == "dtype":
-        return "dtype"
-    return "any"

@@ -53,6 +53,13 @@ class ResumeWarning(UserWarning):
 # ----------------------------------------------------------------------------------------- writing
 
 
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The optimizer inside accelerate's wrapper (or the optimizer itself)."""
+    while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "optim_registry_name"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
 def _fsync_dir(path: str) -> None:
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
         fd = os.open(path, os.O_RDONLY)
@@ -166,11 +173,12 @@ def _is_rate(key: str) -> bool:
 def asked_optimizer(args: Any, model: Any) -> dict[str, Any]:
     """What ``args`` ask to build: name, typed options (rates and shared hyperparameters apart), targets."""
     from . import build
+    from .spec import HPARAM_OPTIONS
 
     name = str(getattr(args.optim, "value", args.optim))
     spec = build.spec_for(name)
     given = build.parse_optim_args(spec, getattr(args, "optim_args", None))
-    shared = set(build.HPARAM_OPTIONS)
+    shared = set(HPARAM_OPTIONS)
     options = {k: plain(v) for k, v in sorted(given.items()) if k not in shared and not _is_rate(k)}
     targets = None
     if spec.target_modules and model is not None:
@@ -214,8 +222,6 @@ def schedule_record(trainer: Any) -> dict[str, Any]:
 
 def write_manifest(trainer: Any, output_dir: str) -> None:
     """The manifest of a checkpoint just written: last, atomically, only by the process that saves."""
-    from .trainer import unwrap_optimizer
-
     if not trainer.args.should_save or not os.path.isdir(output_dir):
         return
     files: dict[str, dict[str, Any]] = {}
@@ -416,7 +422,7 @@ def _way_out() -> str:
 
 
 def _whole_model_name(name: str) -> str:
-    from .catalog import optimizers
+    from .registry import optimizers
 
     try:
         spec = optimizers.get(name)
@@ -535,8 +541,6 @@ def check_legacy_groups(trainer: Any, checkpoint: str) -> None:
     """
     import torch
 
-    from .trainer import unwrap_optimizer
-
     path = os.path.join(checkpoint, OPTIMIZER_NAME)
     if trainer.optimizer is None or not single_writer(trainer) or not os.path.isfile(path):
         return
@@ -573,8 +577,6 @@ def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
     Raises ValueError for another layout or a corrupted state file; warns (ResumeWarning) for changed
     rates, settings or schedule, naming the values that will be used.
     """
-    from .trainer import unwrap_optimizer
-
     manifest = read_manifest(checkpoint)
     if manifest is None:
         check_legacy_groups(trainer, checkpoint)  # written before manifests: loads as it always did
@@ -622,8 +624,6 @@ def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
 
 def after_load(trainer: Any, plan: dict[str, Any] | None) -> None:
     """restart_schedule: put this run's values back after the state load, and start a fresh schedule."""
-    from .trainer import unwrap_optimizer
-
     if plan is None:
         return
     inner = unwrap_optimizer(trainer.optimizer)
@@ -677,8 +677,6 @@ class CheckpointMixin:
         check_asked(record, asked_optimizer(self.args, self.model), checkpoint)  # type: ignore[attr-defined]
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
-        from .trainer import unwrap_optimizer
-
         fresh = getattr(self, "optimizer", None) is None
         optimizer = super().create_optimizer(*args, **kwargs)  # type: ignore[misc]
         if fresh or self._registry_built_settings is None:

@@ -122,7 +122,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
 # -- show -----------------------------------------------------------------------------------------
 def _resolve(name: str) -> Any:
     """The record for ``name``; prints the registry's message (closest names) and returns None if unknown."""
-    from .catalog import optimizers
+    from .registry import optimizers
 
     try:
         optimizers.check_name(name)
@@ -168,8 +168,8 @@ def show_dict(spec: Any) -> dict[str, Any]:
 
 def _rule_keys(spec: Any) -> list[str]:
     """The keys an ``optim_groups`` rule accepts for ``spec`` (none when the name refuses rules)."""
-    from .build import group_option_table
     from .group_rules import accepted_keys
+    from .spec import group_option_table
 
     return [] if spec.needs_model else accepted_keys(group_option_table(spec))
 

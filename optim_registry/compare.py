@@ -68,7 +68,7 @@ def learning_rate(name: str, family: str | None = None, overrides: dict[str, flo
         return overrides[name]
     if "*" in overrides:
         return overrides["*"]
-    from .catalog import optimizers
+    from .registry import optimizers
 
     demo = optimizers.get(name).demo_lr if name in optimizers else None
     return DEFAULT_LR if demo is None else float(demo)
@@ -283,8 +283,8 @@ def _callback_class() -> type:
 # -- one run ----------------------------------------------------------------------------------------
 def why_not_runnable(name: str) -> str | None:
     """The reason ``name`` cannot run here, or ``None``."""
-    from .catalog import optimizers
     from .listing import info
+    from .registry import optimizers
 
     try:
         optimizers.check_name(name)
@@ -343,8 +343,8 @@ def run_one(name: str, *, lr: float, steps: int, batch_size: int, seq_len: int, 
     """Train ``name`` for ``steps`` steps on the tiny Llama and measure it."""
     from transformers.trainer_callback import PrinterCallback
 
-    from .catalog import optimizers
     from .demo import build_tiny_llama
+    from .registry import optimizers
     from .trainer import OptimTrainer
 
     spec = optimizers.get(name)
@@ -429,8 +429,8 @@ def compare(
     import transformers
     from tqdm.auto import tqdm
 
-    from .catalog import optimizers
     from .demo import make_datasets
+    from .registry import optimizers
 
     names = list(dict.fromkeys(names))  # keep order, drop repeats
     not_run: list[NotRun] = []

@@ -63,7 +63,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "pytorch_optimizer": (
         "pytorch_optimizer (`po_*` names)",
         "The optimizers of the pytorch_optimizer library that pass the registry's conformance harness, "
-        "under `po_<name>`.",
+        "under `po_<name>`. Their options are typed from the version the shipped catalogue was generated from; "
+        "with another version installed, a name's options are read from the installed class when the name is "
+        "resolved, and a `CatalogueVersionWarning` says so once.",
     ),
     "torchao": ("torchao low-bit optimizers", "4-bit, 8-bit and FP8 AdamW state from torchao."),
     "misc": ("Other optimizers", "Optimizers that fit no other family."),
@@ -117,7 +119,7 @@ def format_value(value: Any) -> str:
 
 def option_table(spec: OptimizerSpec) -> list[Option]:
     """The record's ``optim_args`` keys, then the hyperparameters it lets ``optim_args`` override."""
-    from .build import option_table as table
+    from .spec import option_table as table
 
     return table(spec)
 
@@ -314,7 +316,7 @@ def first_sentence(text: str) -> str:
 # -- pages ------------------------------------------------------------------------------------------
 def builtin_specs() -> list[OptimizerSpec]:
     """Every built-in record, sorted by name (plugins never reach the committed docs)."""
-    from .catalog import optimizers
+    from .registry import optimizers
 
     return [optimizers.builtin()[n] for n in sorted(optimizers.builtin())]
 

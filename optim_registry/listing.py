@@ -42,7 +42,7 @@ class OptimizerInfo:
 
 
 def info(spec: OptimizerSpec, providers: list[tuple[str, str | None, bool]] | None = None) -> OptimizerInfo:
-    from .build import option_table
+    from .spec import option_table
 
     absent = deps.missing(spec.requires)
     options = {
@@ -82,7 +82,7 @@ def layerwise_twins(records: Iterable[Any]) -> dict[str, str]:
 
 def layerwise_twin(name: str) -> str | None:
     """The layer-wise twin of the built-in ``name`` (``None`` when it has none), found by the twin's ``base``."""
-    from .catalog import optimizers
+    from .registry import optimizers
 
     return layerwise_twins(optimizers.builtin().values()).get(name)
 
@@ -108,7 +108,7 @@ def _jsonable(value: Any) -> Any:
 
 def list_optimizers() -> list[OptimizerInfo]:
     """Every registered optimizer name, built-in and plugin, sorted by name."""
-    from .catalog import optimizers
+    from .registry import optimizers
 
     out = []
     builtin = optimizers.builtin()

@@ -1,14 +1,13 @@
-"""The registries of optimizer and scheduler names: records, provenance, conflicts and listing.
+"""The registries of names: the generic ``Registry``, the optimizer one and ``register_optimizer``.
 
 Built-in records come from ``optim_registry.builtin`` (data only). Plugin names are read from
-entry-point metadata when the registry is first used; a plugin's code is imported only when its name
-is resolved. Names registered in code with ``register_optimizer`` sit beside both.
+entry-point metadata when the registry is first used (``optim_registry.plugins``); a plugin's code is
+imported only when its name is resolved. Names registered in code with ``register_optimizer`` sit beside
+both. The scheduler registry is ``optim_registry.schedulers.schedulers``.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
 import sys
 import threading
 import warnings
@@ -18,26 +17,19 @@ from typing import Any, Generic, TypeVar
 
 from . import deps
 from .optim_args import closest
+from .plugins import (
+    DISABLE_ENV,
+    OPTIMIZER_GROUP,
+    OVERRIDE_ENV,
+    BuiltinReplacedWarning,
+    PluginError,
+    PluginShadowWarning,
+    allowed_override,
+    entry_points,
+)
+from .spec import OptimizerSpec
 
 S = TypeVar("S")
-
-#: Set to 1/true to skip entry-point discovery (pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD idea).
-DISABLE_ENV = "OPTIM_REGISTRY_DISABLE_PLUGINS"
-#: Comma-separated names (or ``*``) that plugins may take over from the built-ins, deliberately.
-OVERRIDE_ENV = "OPTIM_REGISTRY_ALLOW_OVERRIDE"
-
-
-class PluginError(ValueError):
-    """A plugin name cannot be used: duplicated, shadowing a built-in, or failing to import."""
-
-
-class BuiltinReplacedWarning(UserWarning):
-    """A built-in name now resolves to something else (``register_optimizer(..., replace=True)``)."""
-
-
-class PluginShadowWarning(UserWarning):
-    """An installed plugin offers a built-in name; the built-in is used and the plugin's entry ignored."""
-
 
 def check_new_name(kind: str, name: Any) -> None:
     """Refuse a name nobody could type as ``optim=`` / ``lr_scheduler_type=``: empty, spaces, not a str."""
@@ -92,6 +84,8 @@ class Registry(Generic[S]):
     group: str  # entry-point group
     builtin_loader: Callable[[], list[S]]
     plugin_adapter: Callable[[str, Any, str], S]
+    #: Given a built-in record when its name is resolved (``get``, not listing); returns the record to use.
+    resolve_builtin: Callable[[S], S] | None = None
     _builtin: dict[str, S] | None = None
     _providers: dict[str, list[_Provider]] = field(default_factory=dict)
     _discovered: bool = False
@@ -113,9 +107,7 @@ class Registry(Generic[S]):
             if self._discovered:
                 return
             self._discovered = True
-            if os.environ.get(DISABLE_ENV, "").lower() in ("1", "true", "yes"):
-                return
-            for ep in importlib.metadata.entry_points(group=self.group):
+            for ep in entry_points(self.group):
                 dist = ep.dist.name if ep.dist is not None else "unknown distribution"
                 self._providers.setdefault(ep.name, []).append(
                     _Provider(source=dist, loader=ep.load, module=ep.module, entry_point=ep.value)
@@ -198,8 +190,7 @@ class Registry(Generic[S]):
 
     def allowed_override(self, name: str) -> bool:
         """Whether the environment lets a plugin take over the built-in ``name`` deliberately."""
-        allowed = os.environ.get(OVERRIDE_ENV, "")
-        return allowed.strip() == "*" or name in [a.strip() for a in allowed.split(",")]
+        return allowed_override(name)
 
     def get(self, name: str) -> S:
         """The record for ``name``; loads the plugin providing it if it is one.
@@ -240,6 +231,8 @@ class Registry(Generic[S]):
             warnings.warn(
                 self.shadow_message(name, [shadowed]), PluginShadowWarning, stacklevel=external_stacklevel()
             )
+        if self.resolve_builtin is not None:
+            return self.resolve_builtin(builtin)  # type: ignore[arg-type]
         return builtin  # type: ignore[return-value]
 
     def shadow_message(self, name: str, plugins: list[Any]) -> str:
@@ -297,3 +290,117 @@ class Registry(Generic[S]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+# -- the optimizer names --------------------------------------------------------------------------------
+def _builtin_optimizers() -> list[OptimizerSpec]:
+    from .builtin import all_records
+
+    return all_records()
+
+
+def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | None = None) -> OptimizerSpec:
+    """A record for whatever a plugin (or ``register_optimizer``) points at.
+
+    - an ``OptimizerSpec``: used as it is (renamed to ``name``);
+    - a ``torch.optim.Optimizer`` subclass: hyperparameters and options read from its signature;
+    - any other callable: a builder ``(BuildContext) -> (cls_or_factory, kwargs)``.
+    """
+    import torch
+
+    from .signature import signature_options
+    from .spec import HPARAMS
+
+    meta = dict(meta or {})
+    if isinstance(obj, OptimizerSpec):
+        return obj.variant(name=name, source=source, **meta)
+    if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
+        import inspect
+
+        params = inspect.signature(obj.__init__).parameters
+        betas = params["betas"].default if "betas" in params else None
+        # TrainingArguments' (adam_beta1, adam_beta2) fit a constructor whose betas are two numbers; other
+        # betas (AdEMAMix's three) stay an optim_args option with the constructor's default and length
+        other_betas = isinstance(betas, (tuple, list)) and len(betas) != 2
+        hparams = frozenset(h for h in HPARAMS if h in params and not (h == "betas" and other_betas))
+        fields = {
+            "target": obj,
+            "family": "plugin",
+            "description": (obj.__doc__ or obj.__name__).strip().splitlines()[0],
+            "hparams": hparams,
+            "options": signature_options(obj, skip=set(hparams) | {"params"}, ranges=True),
+        }
+        fields.update(meta)
+        return OptimizerSpec(name=name, source=source, **fields)
+    if callable(obj):
+        fields = {
+            "target": obj,
+            "builder": obj,
+            "family": "plugin",
+            "description": ((getattr(obj, "__doc__", None) or name).strip().splitlines() or [name])[0],
+            "hparams": frozenset({"lr", "betas", "eps", "weight_decay"}),
+            "supports_layerwise": False,
+        }
+        fields.update(meta)
+        return OptimizerSpec(name=name, source=source, **fields)
+    raise PluginError(
+        f"optimizer plugin {name!r} from {source!r} points at {obj!r}: expected a torch.optim.Optimizer "
+        "subclass, an OptimizerSpec or a builder function"
+    )
+
+
+def _refreshed(spec: OptimizerSpec) -> OptimizerSpec:
+    """The built-in record as its ``refresh`` hook has it for the installed library (most have none)."""
+    if spec.refresh is None:
+        return spec
+    from .deps import import_object
+
+    hook = import_object(spec.refresh) if isinstance(spec.refresh, str) else spec.refresh
+    return hook(spec)
+
+
+optimizers: Registry[OptimizerSpec] = Registry(
+    kind="optimizer",
+    group=OPTIMIZER_GROUP,
+    builtin_loader=_builtin_optimizers,
+    plugin_adapter=lambda name, obj, source: spec_from_object(name, obj, source),
+    resolve_builtin=_refreshed,
+)
+
+
+def register_optimizer(
+    name: str, builder: Any = None, *, replace: bool = False, **meta: Any
+) -> Any:
+    """Register ``name`` -> an Optimizer subclass, an ``OptimizerSpec`` or a builder; call or decorator.
+
+    Example::
+
+        @register_optimizer("my_sgd", description="SGD with a twist")
+        class MySGD(torch.optim.SGD): ...
+
+    ``meta`` sets record fields (``description``, ``options``, ``needs_model``, ``target_modules`` ...).
+    Replacing a built-in (``replace=True``) warns with ``BuiltinReplacedWarning`` naming the calling
+    module, which ``list_optimizers()`` then shows as the name's ``source``.
+    """
+    check_new_name("optimizer", name)  # before anything: as a decorator too, the bad name is refused at once
+
+    def attach(obj: Any) -> Any:
+        by = caller_module()
+        source = by if replace and name in optimizers.builtin() else "register_optimizer"
+        spec = spec_from_object(name, obj, source, meta)
+        optimizers.register(spec, source=source, replace=replace, by=by)
+        return obj
+
+    if builder is None:
+        return attach
+    return attach(builder)
+
+
+def unregister_optimizer(name: str) -> None:
+    """Forget a name registered in code (plugins and built-ins stay)."""
+    optimizers.unregister(name)
+
+
+def builtin_names() -> list[str]:
+    return sorted(optimizers.builtin())
+

@@ -7,6 +7,7 @@ which protocol the training loop must follow. One builder (``build.py``) interpr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -30,8 +31,8 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class Option:
     """One accepted ``optim_args`` key: its type, default and meaning.
 
-    ``default=REQUIRED`` is never used for built-ins: every option has a usable default. ``None`` as a
-    default makes the option nullable (``none`` in a string means ``None``).
+    An option the constructor has no default for is ``required`` (a plugin class's argument without one).
+    ``None`` as a default makes the option nullable (``none`` in a string means ``None``).
     """
 
     name: str
@@ -244,6 +245,10 @@ class OptimizerSpec:
     group_options: frozenset[str] | None = None
     #: Hidden-matrix routing of a hybrid optimizer (Muon, Dion); ``None`` for every other optimizer.
     routing: MatrixRouting | None = None
+    #: ``"module:function"`` (or the function) given the record when its name is resolved; returns the record
+    #: to use. pytorch_optimizer's records re-read their options from the installed class when the library is
+    #: not the version their shipped catalogue was generated from.
+    refresh: str | Callable[[OptimizerSpec], OptimizerSpec] | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -256,12 +261,6 @@ class OptimizerSpec:
     @property
     def option_map(self) -> dict[str, Option]:
         return {o.name: o for o in self.options}
-
-    def accepted_keys(self) -> list[str]:
-        """Every key ``optim_args`` may carry: the record's options, then the hyperparameters."""
-        keys = [o.name for o in self.options]
-        keys += [h for h in ("lr", "betas", "eps", "weight_decay") if h in self.hparams and h not in keys]
-        return keys
 
     def variant(self, **changes: Any) -> OptimizerSpec:
         """A new record that differs from this one in ``changes`` (a preset, a layer-wise twin)."""
@@ -303,3 +302,108 @@ def with_guessed_range(option: Option) -> Option:
     if option.type in ("floats", "ints") and isinstance(option.default, (tuple, list)) and option.length is None:
         changes["length"] = len(option.default)
     return replace(option, **changes) if changes else option
+
+
+#: Types and ranges of the TrainingArguments hyperparameters when overridden in ``optim_args``.
+HPARAM_OPTIONS = {
+    "lr": Option("lr", "float", None, "learning rate (default: TrainingArguments.learning_rate)", **NONNEG),
+    "betas": Option("betas", "floats", None, "(beta1, beta2) (default: adam_beta1, adam_beta2)", **UNIT),
+    "eps": Option("eps", "float", None, "epsilon (default: TrainingArguments.adam_epsilon)", **NONNEG),
+    "weight_decay": Option(
+        "weight_decay", "float", None, "weight decay (default: TrainingArguments.weight_decay)", **NONNEG
+    ),
+}
+
+#: The TrainingArguments fields behind each hyperparameter, with the same ranges.
+HPARAM_FIELDS = {
+    "lr": (Option("learning_rate", "float", **NONNEG),),
+    "betas": (Option("adam_beta1", "float", **UNIT), Option("adam_beta2", "float", **UNIT)),
+    "eps": (Option("adam_epsilon", "float", **NONNEG),),
+    "weight_decay": (Option("weight_decay", "float", **NONNEG),),
+}
+
+
+def hparam_option(spec: OptimizerSpec, key: str) -> Option:
+    """The ``optim_args`` override of one hyperparameter for ``spec`` (``betas`` with the record's count)."""
+    option = HPARAM_OPTIONS[key]
+    if key == "betas":
+        counts = (spec.num_betas,) if isinstance(spec.num_betas, int) else tuple(spec.num_betas)
+        help_text = f"({', '.join(f'beta{i + 1}' for i in range(max(counts)))}) (default: adam_beta1, adam_beta2"
+        help_text += (", then the record's own" if max(counts) > 2 else "") + ")"
+        option = replace(option, length=spec.num_betas, help=help_text)
+    return option
+
+
+def option_table(spec: OptimizerSpec) -> list[Option]:
+    """The record's options followed by the hyperparameters it lets ``optim_args`` override."""
+    table = list(spec.options)
+    declared = {o.name for o in table}
+    table += [hparam_option(spec, h) for h in ("lr", "betas", "eps", "weight_decay") if h in spec.hparams and h not in declared]
+    return table
+
+
+def group_option_table(spec: OptimizerSpec) -> dict[str, Option]:
+    """Per-group options ``optim_groups`` rules may set for ``spec``, typed (lr / weight_decay excluded)."""
+    table = {o.name: o for o in option_table(spec)}
+    if "betas" in table and "betas" not in spec.option_map:
+        # The TrainingArguments pair (adam_beta1, adam_beta2): in a group it must be a valid pair too.
+        table["betas"] = dataclasses.replace(table["betas"], length=2, low=0.0, high=1.0, high_open=True)
+    names = spec.group_options
+    if names is None:
+        target = spec.target if isinstance(spec.target, str) else ""
+        # torch.optim classes put every constructor option into their defaults: all are per group.
+        names = frozenset(table) if target.startswith("torch.optim:") else frozenset({"betas", "eps"}) & spec.hparams
+    return {n: table[n] for n in sorted(names) if n in table and n not in ("lr", "weight_decay")}
+
+
+def is_factory(obj: Any) -> bool:
+    """transformers' rule: anything that is not an Optimizer subclass is a factory."""
+    import torch
+
+    return not (isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer))
+
+
+#: The step counts a scheduler function may take, passed by the Trainer.
+STEP_ARGS = ("num_warmup_steps", "num_training_steps")
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """Everything the registry knows about one ``lr_scheduler_type`` name."""
+
+    name: str
+    target: str | Callable[..., Any] | type
+    description: str
+    options: tuple[Option, ...] = ()
+    #: Which of num_warmup_steps / num_training_steps the target takes.
+    takes: frozenset[str] = frozenset(STEP_ARGS)
+    #: Stepped with evaluation metrics (ReduceLROnPlateau, GreedyLR): needs eval during training.
+    needs_eval: bool = False
+    #: ``(optimizer, num_warmup_steps, num_training_steps, kwargs, args) -> scheduler`` replacing the
+    #: generic call, for names whose kwargs must be converted first (ratios, absolute rates).
+    builder: str | Callable[..., Any] | None = None
+    #: ``(typed_kwargs, run) -> None`` (or ``(typed_kwargs) -> None``) raising ``ValueError`` for what no
+    #: single option's range can refuse: a count and a ratio of the same phase, a floor above the rate,
+    #: phases longer than the run. ``run`` is a ``RunFacts``; its fields are ``None`` where the arguments
+    #: do not tell yet. Run when the arguments are created, again before the optimizer is built, and
+    #: when the scheduler is built.
+    check: Callable[..., None] | None = None
+    source: str = "builtin"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def option_map(self) -> dict[str, Option]:
+        return {o.name: o for o in self.options}
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What is known about the run a schedule will drive, for the records' ``check`` hooks."""
+
+    #: The rate absolute options (``min_lr``, ``lr_end``) are relative to.
+    learning_rate: float | None = None
+    #: Optimizer steps of the whole run (``max_steps``, or the Trainer's count).
+    total_steps: int | None = None
+    #: The schedule's warm-up in steps (0 for optimizers that warm up themselves); ``None`` while a
+    #: fractional ``warmup_steps`` has no known total to be a fraction of.
+    warmup_steps: int | None = None

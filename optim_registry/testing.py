@@ -75,7 +75,7 @@ class TokenDataset:
 
 
 def training_args(name: str, output_dir: str, optim_args: Any = None, **overrides: Any) -> Any:
-    from .catalog import optimizers
+    from .registry import optimizers
     from .trainer import TrainingArguments
 
     spec = optimizers.get(name)

@@ -20,9 +20,9 @@ from transformers.training_args import OptimizerNames as HFOptimizerNames
 
 from . import build
 from .build import decay_names_override
-from .catalog import optimizers
-from .checkpoints import CheckpointMixin
+from .checkpoints import CheckpointMixin, unwrap_optimizer
 from .distributed import check_distributed
+from .registry import optimizers
 from .schedulers import check_kwargs_json, check_scheduler_args, create_scheduler, schedulers
 
 _HF_OPTIMS = {m.value for m in HFOptimizerNames}
@@ -81,7 +81,7 @@ def validate_training_args(args: Any, *, building: bool = False) -> None:
             "check the gradients. Use bf16=True, or the whole-model name " + repr(spec.base) + "."
         )
     if spec.layerwise:
-        from .layerwise_build import check_layerwise_clipping
+        from .layerwise import check_layerwise_clipping
 
         # transformers' default max_grad_norm passes (warned about when the optimizer is built); another
         # value needs a clipping option.
@@ -203,13 +203,6 @@ class TrainingArguments(RegistryArgumentsMixin, transformers.TrainingArguments):
 
     ``optim_args`` accepts the ``"k=v,k=v"`` string and a dict.
     """
-
-
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The optimizer inside accelerate's wrapper (or the optimizer itself)."""
-    while hasattr(optimizer, "optimizer") and not hasattr(optimizer, "optim_registry_name"):
-        optimizer = optimizer.optimizer
-    return optimizer
 
 
 class OptimRegistryMixin(CheckpointMixin):

@@ -66,7 +66,7 @@ def main() -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     from optim_registry import create_optimizer
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
     from optim_registry.testing import TokenDataset, state_round_trip, tiny_model, training_args
 
     torch.set_num_threads(1)

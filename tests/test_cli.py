@@ -34,7 +34,7 @@ def test_list_as_a_module_imports_no_optimizer_package():
                     runpy.run_module("optim_registry.cli", run_name="__main__")
                 except SystemExit as exc:
                     assert not exc.code, exc.code
-        from optim_registry.catalog import optimizers
+        from optim_registry.registry import optimizers
         packages = {r.module.split(".")[0] for s in optimizers.builtin().values() for r in s.requires}
         packages |= {"bitsandbytes", "galore_torch", "apollo_torch", "lomo_optim", "schedulefree", "optimi",
                      "torchao", "flashoptim", "came_pytorch", "pytorch_optimizer", "triton"}
@@ -100,9 +100,9 @@ def test_show_known_name_with_options_and_snippet(capsys):
 
 def test_show_target_module_and_layerwise_snippets_are_valid_training_arguments(capsys, tmp_path):
     from optim_registry import TrainingArguments
-    from optim_registry.catalog import optimizers
     from optim_registry.cli import show_dict
     from optim_registry.listing import list_optimizers
+    from optim_registry.registry import optimizers
 
     runnable = {i.name for i in list_optimizers() if i.available and i.needs_gpu is None and not i.unsupported}
     specs = [optimizers.get(n) for n in sorted(runnable)]

@@ -80,7 +80,7 @@ def test_builtin_tables_are_sorted():
 
 
 def test_optimizer_names_enum_matches_registry():
-    from optim_registry.catalog import builtin_names
+    from optim_registry.registry import builtin_names
 
     assert sorted(m.value for m in optim_registry.OptimizerNames) == builtin_names()
     assert issubclass(optim_registry.OptimizerNames, str)
@@ -154,7 +154,7 @@ def test_comma_inside_a_value_needs_brackets():
 
 def test_missing_package_error_names_pip_line():
     from optim_registry import register_optimizer
-    from optim_registry.catalog import unregister_optimizer
+    from optim_registry.registry import unregister_optimizer
     from optim_registry.spec import OptimizerSpec, Requirement
 
     spec = OptimizerSpec(
@@ -316,7 +316,7 @@ def test_bad_target_modules_leave_model_untouched(tmp_path):
     a = args("adamw_torch", output_dir=str(tmp_path))
     a.optim_target_modules = ["nothing"]
 
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     # a record that needs target modules, registered for this test
     spec = optimizers.get("adamw_torch").variant(name="t_targets", target_modules=True)

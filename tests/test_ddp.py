@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 def _available(names: list[str]) -> list[str]:
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     return [n for n in names if n.partition(":")[0] in optimizers]
 

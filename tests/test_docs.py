@@ -70,7 +70,7 @@ def test_python_examples_in_the_docs_parse():
 
 
 def test_hand_written_pages_name_only_registered_commands_and_names():
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     text = "\n".join(p.read_text(encoding="utf-8") for p in DOCS.glob("*.md"))
     for command in re.findall(r"optim-registry (\w+)", text):

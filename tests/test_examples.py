@@ -46,7 +46,7 @@ def test_subclass_trainer_adds_a_scheduled_param_group():
 def test_trl_sft_with_a_registry_name():
     pytest.importorskip("trl")
     pytest.importorskip("datasets")
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     name = "muon" if "muon" in optimizers else "adamw_torch"
     out = run_example("trl_sft_muon.py", "--optim", name, "--steps", "4")

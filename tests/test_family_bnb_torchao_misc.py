@@ -154,7 +154,7 @@ def test_bnb_ademamix_options(tiny_model):
 
 
 def test_bnb_features_are_record_data():
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     for name in BNB:
         spec = optimizers.get(name)

@@ -86,8 +86,8 @@ def test_sharding_outcomes_match_the_probe():
 def test_sharded_backends_refuse_shape_aware_names():
     from types import SimpleNamespace
 
-    from optim_registry.catalog import optimizers
     from optim_registry.distributed import check_distributed
+    from optim_registry.registry import optimizers
 
     fsdp = SimpleNamespace(fsdp="full_shard", fsdp_config={"fsdp_version": 2}, deepspeed=None, optim_args=None)
     zero2 = SimpleNamespace(fsdp=None, deepspeed={"zero_optimization": {"stage": 2}}, optim_args=None)

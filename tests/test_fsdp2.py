@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from optim_registry.builtin.fsdp2_runs import MATH, REASONED, REFUSED, RUN
-from optim_registry.catalog import optimizers
 from optim_registry.distributed import check_distributed, detect_backend
+from optim_registry.registry import optimizers
 
 WORKER = Path(__file__).with_name("fsdp2_worker.py")
 CONTROL = "muon@shardwise"

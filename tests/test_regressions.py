@@ -237,7 +237,7 @@ def test_galore_adamw_8bit_keeps_embedding_state_32bit(tmp_path):
 )
 def test_impossible_combinations_are_refused_when_arguments_are_created(optim, extra, match):
     from optim_registry import register_optimizer, unregister_optimizer
-    from optim_registry.catalog import optimizers
+    from optim_registry.registry import optimizers
 
     gpu_only = optimizers.get("adamw_torch").variant(name="t_gpu_only", needs_gpu="a CUDA kernel")
     register_optimizer("t_gpu_only", gpu_only)

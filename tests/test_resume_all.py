@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from optim_registry.catalog import optimizers
 from optim_registry.listing import list_optimizers
+from optim_registry.registry import optimizers
 from optim_registry.testing import check_optimizer
 
 #: optim_args that make a name meaningful on the tiny model (hidden size 16, 4 steps, save at 2).

@@ -307,7 +307,7 @@ def test_unknown_keys_refused_when_training_starts(name, kwargs, message):
 
 def test_option_defaults_equal_signature_defaults():
     from optim_registry.deps import import_object
-    from optim_registry.schedules import get_polynomial_schedule
+    from optim_registry.schedule_functions import get_polynomial_schedule
 
     # The function the options are passed to, where the record's target takes **kwargs.
     receives = {"greedy": "transformers.optimization:GreedyLR",

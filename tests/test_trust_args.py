@@ -13,7 +13,7 @@ import torch
 
 from optim_registry import TrainingArguments, create_optimizer, register_optimizer, unregister_optimizer
 from optim_registry.build import parse_optim_args
-from optim_registry.catalog import optimizers
+from optim_registry.registry import optimizers
 
 
 def make(optim: str = "adamw_torch", **kw):

@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from optim_registry import deps, list_optimizers, register_optimizer, unregister_optimizer
-from optim_registry.catalog import optimizers
-from optim_registry.registry import BuiltinReplacedWarning, PluginShadowWarning
+from optim_registry.registry import BuiltinReplacedWarning, PluginShadowWarning, optimizers
 from optim_registry.testing import tiny_model as make_tiny
 
 # -- the dependency check -------------------------------------------------------------------------

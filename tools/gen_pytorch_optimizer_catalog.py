@@ -22,257 +22,33 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import enum
-import inspect
 import json
 import math
 import re
 import subprocess
 import sys
 import time
-import types
-import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "optim_registry" / "builtin" / "pytorch_optimizer_catalog.py"
+sys.path.insert(0, str(ROOT))
 
-#: TrainingArguments' defaults: a constructor whose own default equals one takes that value from the arguments.
-HF_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8}
+from optim_registry.builtin.pytorch_optimizer import (  # noqa: E402  (after the checkout is on the path)
+    FROZEN_BY_DESIGN,
+    PROTOCOL_LIMITS,
+    SHARDING_LIMITS,
+    SHARDING_REASON,
+    describe,
+)
+
+OUT = ROOT / "optim_registry" / "builtin" / "pytorch_optimizer_catalog.py"
 
 #: Steps of the second survey run for names whose weights did not all move in the first four.
 LONG_RUN = 32
 
-#: Optimizers that leave some weights fixed on purpose: for them an unmoved weight is not a failure.
-FROZEN_BY_DESIGN = {
-    "sara": "updates only the weights below `threshold` in magnitude (sparse fine-tuning)",
-    "sgdsai": "scales each tensor by its initial gradient signal-to-noise ratio, about zero for 1-D tensors",
-}
-
-#: Why a name cannot train and resume under the Trainer, written out where the survey's raw failure is cryptic
-#: or a registry name does the same job.
-#: Used only while the survey confirms the failure; a name that starts passing becomes "ok".
-PROTOCOL_LIMITS = {
-    "adahessian": "needs loss.backward(create_graph=True) for its Hessian-vector products; the Trainer's "
-    "backward frees the graph",
-    "sophiah": "needs loss.backward(create_graph=True) for its Hessian-vector products; the Trainer's "
-    "backward frees the graph",
-    "alig": "needs a closure returning the loss at step(closure); the Trainer calls step() without one",
-    "lbfgs": "needs a closure re-evaluating the loss at step(closure); the Trainer calls step() without one",
-    "bsam": "has a three-stage step (first_step / second_step around two backward passes) and needs the "
-    "dataset size num_data; the Trainer calls step() once per backward",
-    "galore": "keeps GaLoreProjector objects in its state, which torch.load(weights_only=True) refuses, so a "
-    "checkpoint cannot be resumed; use galore_adamw (same method, resumes exactly)",
-    "apollo": "keeps GaLoreProjector objects in its state, which torch.load(weights_only=True) refuses, so a "
-    "checkpoint cannot be resumed; use apollo_adamw (same method, resumes exactly)",
-    "fira": "keeps GaLoreProjector objects in its state, which torch.load(weights_only=True) refuses, so a "
-    "checkpoint cannot be resumed; use galore_adamw or apollo_adamw",
-    "conda": "keeps GaLoreProjector objects in its state, which torch.load(weights_only=True) refuses, so a "
-    "checkpoint cannot be resumed; use galore_adamw or apollo_adamw",
-    "scalableshampoo": "keeps PreConditioner objects in its state, which torch.load(weights_only=True) refuses, so "
-    "a checkpoint cannot be resumed; use po_shampoo or po_soap",
-    "spectralsphere": "only accepts 2-D parameters (ValueError on the model's norm weights and biases); build it "
-    "yourself on the weight matrices next to another optimizer",
-    "lorarite": "optimises LoRA factor pairs (lora_l_dim / lora_r_dim): a full model's weight matrices are not "
-    "LoRA factors",
-    "lomo": "updates the weights inside backward (fused_backward(loss, lr)), which accelerate drives only for "
-    "lomo_optim's classes; use optim='lomo'",
-    "adalomo": "updates the weights inside backward (fused_backward(loss, lr)), which accelerate drives only for "
-    "lomo_optim's classes; use optim='adalomo'",
-    "demo": "exchanges compressed momentum between processes: it needs an initialised torch.distributed "
-    "process group (and the einops package)",
-    "distributedmuon": "shards Newton-Schulz work across processes: it needs an initialised torch.distributed "
-    "process group; use po_muon (or muon) instead",
-}
-
-
 # -- introspection ------------------------------------------------------------------------------------
-def _docstring_args(doc: str) -> dict[str, str]:
-    """``{"lr": "Learning rate.", ...}`` from a Google-style ``Args:`` section."""
-    out: dict[str, str] = {}
-    lines = (doc or "").splitlines()
-    inside, current, indent = False, None, None
-    for line in lines:
-        stripped = line.strip()
-        if stripped == "Args:":
-            inside = True
-            continue
-        if not inside:
-            continue
-        if not stripped:
-            current = None
-            continue
-        lead = len(line) - len(line.lstrip())
-        if indent is None:
-            indent = lead
-        if lead < indent or (lead == indent and stripped.endswith(":") and " " not in stripped):
-            break  # the next section (Returns:, Examples:)
-        match = re.match(r"^([*\w]+)(?: \([^)]*\))?:\s*(.*)$", stripped)
-        if lead == indent and match:
-            current = match.group(1).lstrip("*")
-            out[current] = match.group(2)
-        elif current is not None:
-            out[current] = f"{out[current]} {stripped}".strip()
-    return out
-
-
-def _first_line(doc: str | None, fallback: str) -> str:
-    lines = [ln.strip() for ln in (doc or "").strip().splitlines() if ln.strip()]
-    return lines[0] if lines else fallback
-
-
-def _paper(doc: str | None) -> str:
-    found = re.search(r"(https?://arxiv\.org/(?:abs|pdf)/(\d{4}\.\d{4,5})|arXiv:\s*(\d{4}\.\d{4,5}))", doc or "")
-    if found:
-        return f"arXiv:{found.group(2) or found.group(3)}"
-    url = re.search(r"https?://[^\s)>]+", doc or "")
-    return url.group(0).rstrip(".,") if url else ""
-
-
-def _union_args(annotation: Any) -> tuple[Any, ...]:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def _literal_choices(annotation: Any) -> tuple[Any, ...] | None:
-    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation, else None."""
-    members = [a for a in _union_args(annotation) if a is not type(None)]
-    if members and all(typing.get_origin(a) is typing.Literal for a in members):
-        return tuple(v for a in members for v in typing.get_args(a))
-    return None
-
-
-def _type_from_annotation(annotation: Any) -> str:
-    import torch
-
-    members = [a for a in _union_args(annotation) if a is not type(None)]
-    for kind, py in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if members and all(a is py or (kind == "float" and a is torch.Tensor) for a in members):
-            return kind
-    if members and members[0] is float:  # float | Tensor | Callable ...: the number is what a string can say
-        return "float"
-    if members and all(typing.get_origin(a) is typing.Literal for a in members):
-        values = [v for a in members for v in typing.get_args(a)]
-        return "str" if all(isinstance(v, str) for v in values) else "any"
-    if members and all(a is torch.dtype for a in members):
-        return "dtype"
-    if members and typing.get_origin(members[0]) is tuple:
-        inner = typing.get_args(members[0])
-        return "ints" if inner and all(a is int for a in inner if a is not Ellipsis) else "floats"
-    return "any"
-
-
-def _option(pname: str, param: inspect.Parameter, help_text: str) -> tuple[Any, ...]:
-    """``(name, type, default, help, choices, nullable, send)``: plain literals only, so the catalogue is data.
-
-    ``send`` marks an option always passed: an ``IntEnum`` default is replaced by its integer, which the
-    classes accept, because an enum in the param groups makes ``torch.load(weights_only=True)`` refuse the
-    checkpoint.
-    """
-    import torch
-
-    annotation, default = param.annotation, param.default
-    send = False
-    required = default is inspect.Parameter.empty
-    nullable = type(None) in _union_args(annotation) or default is None
-    choices = _literal_choices(annotation)
-    if isinstance(default, enum.Enum):
-        members = list(type(default))
-        names = ", ".join(f"{int(m)}={m.name}" for m in members)
-        help_text = f"{help_text} ({names})".strip()
-        kind, value, choices, send = "int", int(default), tuple(int(m) for m in members), True
-    elif isinstance(default, bool):
-        kind, value = "bool", default
-    elif isinstance(default, int):
-        kind, value = ("float" if _type_from_annotation(annotation) == "float" else "int"), default
-    elif isinstance(default, float):
-        kind, value = "float", default
-    elif isinstance(default, str):
-        kind, value = "str", default
-    elif isinstance(default, tuple) and default and all(isinstance(v, (int, float)) for v in default):
-        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in default)
-        kind, value = ("ints" if ints else "floats"), tuple(default)
-    elif isinstance(default, torch.dtype):
-        kind, value = "dtype", str(default).removeprefix("torch.")
-    elif default is None or required:
-        kind, value = _type_from_annotation(annotation), None
-    else:  # a callable or an object: not expressible in optim_args strings; the library's default stays
-        kind, value, nullable = "any", None, True
-        shown = getattr(default, "__name__", None) or repr(default)
-        help_text = f"{help_text} (library default: {shown}; pass a Python object in a dict optim_args)".strip()
-    if choices is not None and kind not in ("str", "int"):
-        choices = None
-    return (pname, kind, value, help_text, choices, bool(nullable), send)
-
-
-def _group_options(cls: type, signature: inspect.Signature) -> tuple[tuple[Any, ...], ...]:
-    """Low-rank projection settings the class reads from each param group (``group['rank']`` ...).
-
-    GaLore, APOLLO and Fira project only the groups that carry ``rank``; without them they are plain AdamW.
-    These keys are not constructor arguments, so they are read from the class's source and typed from
-    ``GaLoreProjector``'s signature; the registry puts them on the ``optim_target_modules`` weights.
-    """
-    from pytorch_optimizer.optimizer.utils.galore import GaLoreProjector
-
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # pragma: no cover - classes without source
-        return ()
-    read = set(re.findall(r"group\[['\"](\w+)['\"]\]", source))
-    read |= set(re.findall(r"['\"](\w+)['\"] (?:not )?in group", source))
-    projector = inspect.signature(GaLoreProjector.__init__, eval_str=True)
-    helps = _docstring_args(GaLoreProjector.__doc__ or "")
-    out = []
-    for pname, param in projector.parameters.items():
-        if pname in read and pname not in signature.parameters and param.kind is param.POSITIONAL_OR_KEYWORD:
-            option = _option(pname, param, helps.get(pname, ""))
-            out.append((*option[:6], True))  # always sent: the group needs them to project at all
-    return tuple(out)
-
-
-def describe(name: str, cls: type) -> dict[str, Any]:
-    """The catalogue entry of one optimizer class."""
-    try:
-        signature = inspect.signature(cls.__init__, eval_str=True)
-    except (NameError, TypeError):  # pragma: no cover - unresolvable string annotations
-        signature = inspect.signature(cls.__init__)
-    params = [p for p in signature.parameters.values() if p.name != "self"]
-    takes = params[0].name if params else "params"
-    helps = _docstring_args(cls.__doc__ or "")
-    names = {p.name for p in params}
-    hparams = ["lr"] if "lr" in names else []
-    if "weight_decay" in names:
-        hparams.append("weight_decay")
-    for key, hf_default in HF_DEFAULTS.items():
-        param = signature.parameters.get(key)
-        if param is not None and param.default == hf_default and not isinstance(param.default, bool):
-            hparams.append(key)
-    options, required = [], []
-    for p in params[1:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in hparams:
-            continue
-        if p.default is inspect.Parameter.empty:
-            required.append(p.name)
-        options.append(_option(p.name, p, helps.get(p.name, "")))
-    lr = signature.parameters.get("lr")
-    lr_default = lr.default if lr is not None and isinstance(lr.default, (int, float)) else None
-    return {
-        "target": f"{cls.__module__}:{cls.__qualname__}",
-        "takes": takes,
-        "description": _first_line(cls.__doc__, cls.__name__),
-        "paper": _paper(cls.__doc__),
-        "hparams": tuple(sorted(hparams)),
-        "lr_default": float(lr_default) if lr_default is not None else None,
-        "required": tuple(required),
-        "options": tuple(options),
-        "group_options": _group_options(cls, signature),
-    }
-
-
 def introspect() -> dict[str, dict[str, Any]]:
     """``name -> entry`` for every name of the installed pytorch_optimizer's registry, sorted."""
     from pytorch_optimizer import get_supported_optimizers, load_optimizer
@@ -297,7 +73,7 @@ def survey_one(name: str) -> dict[str, Any]:
     from optim_registry.builtin import layerwise_variant
     from optim_registry.builtin.pytorch_optimizer import PREFIX, record
     from optim_registry.builtin.pytorch_optimizer_catalog import CATALOG
-    from optim_registry.catalog import register_optimizer
+    from optim_registry.registry import register_optimizer
     from optim_registry.testing import check_optimizer
 
     layerwise = name.endswith("_layerwise")
@@ -414,22 +190,6 @@ def survey(names: list[str], jobs: int, timeout: float) -> dict[str, Any]:
     twins = [PREFIX + n + "_layerwise" for n in names if status[n] == "ok" and supports_layerwise(n)]
     results.update(_survey_names(twins, jobs, timeout))
     return results
-
-
-# -- sharding probe -----------------------------------------------------------------------------------
-#: Why a name's update cannot be split across shards, where the probe cannot build it from a flat list.
-SHARDING_LIMITS = {
-    "adammini": "partitions the model into blocks by parameter name and shape",
-    # Per-tensor or global branches the random probe does not take (read from the library's source).
-    "adamp": "projects each whole tensor when its cosine with the gradient is small; sharded state changes that",
-    "sgdp": "projects each whole tensor when its cosine with the gradient is small; sharded state changes that",
-    "dadaptadagrad": "estimates one step size d from sums over every parameter; shards would each estimate their own",
-    "dadaptadan": "estimates one step size d from sums over every parameter; shards would each estimate their own",
-    "stableadamw": "clips each tensor's step by the RMS of its whole update; sharded state changes that",
-    "swats": "switches to SGD from each whole tensor's projected update; sharded state changes that",
-}
-
-SHARDING_REASON = "not elementwise: split into flat shards, its update changes (whole-tensor or global reductions)"
 
 
 def shard_safe(name: str, entry: dict[str, Any], steps: int = 12) -> str:

@@ -1,4 +1,5 @@
-"""Built-in optimizer records: data only, one module per family; importing them imports no optimizer."""
+"""Built-in records: data only, one module per optimizer family (and ``schedulers`` for the scheduler names);
+importing them imports no optimizer."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from ..spec import POSITIVE, Distributed, OptimizerSpec, Option
 
 #: The family modules, each defining ``RECORDS`` (a tuple sorted by name).
 FAMILIES = (
-    "torch_native",
+    "torch",
     "bitsandbytes",
     "low_rank",
     "lomo",
@@ -44,15 +45,10 @@ CLIP_GLOBAL = Option(
 
 
 def family_records() -> list[OptimizerSpec]:
-    """Every hand-written record of every family module that exists."""
+    """Every hand-written (or, for pytorch_optimizer, generated) record of every family module."""
     records: list[OptimizerSpec] = []
     for family in FAMILIES:
-        try:
-            module = importlib.import_module(f"{__name__}.{family}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{family}":
-                continue
-            raise
+        module = importlib.import_module(f"{__name__}.{family}")
         records.extend(getattr(module, "RECORDS", ()))
         extra = getattr(module, "generated_records", None)
         if extra is not None:

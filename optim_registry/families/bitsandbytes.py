@@ -62,7 +62,7 @@ def adopt(optimizer: Any) -> None:
         setattr(optimizer, _ADOPTED, optimizer.register_step_pre_hook(_before_first_step))
 
 
-class _OwnOverrides:
+class OwnOverrides:
     """Mixin for our own ``Optimizer8bit`` subclasses (GaLore 8-bit) that call ``check_overrides`` themselves."""
 
     def check_overrides(self) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..build import BuildContext
-from .bitsandbytes import _OwnOverrides
+from .bitsandbytes import OwnOverrides
 
 #: Projector classes a checkpoint may name; nothing else is ever imported from a state dict.
 _PROJECTORS = frozenset({
@@ -157,11 +157,11 @@ def _sync(p: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-class LowRank8bitMixin(_OwnOverrides):
+class LowRank8bitMixin(OwnOverrides):
     """GaLore's 8-bit AdamW step over bitsandbytes' ``Optimizer2State``, without CUDA-only calls.
 
     Config overrides (32-bit embedding state) apply to this optimizer's own parameters only
-    (``_OwnOverrides``: bitsandbytes keys them by position for the whole process).
+    (``OwnOverrides``: bitsandbytes keys them by position for the whole process).
 
     Parameters in a group with ``rank`` are stepped in the projected space: the gradient is projected,
     bitsandbytes' Adam update runs on a zero tensor of the projected shape (weight decay held back), the

@@ -41,7 +41,7 @@ RECORDS = (
                 length=2, **NONNEG),
         ),
         checks=(warmup_needs_relative_step,),
-        builder="optim_registry.builders:adafactor",
+        builder="optim_registry.families.torch:adafactor",
         state_bytes=0.03,
         distributed=_FACTORED,
         paper="arXiv:1804.04235",

@@ -1,10 +1,10 @@
-"""Builders for records the generic path cannot build: each takes a BuildContext, returns (cls, kwargs)."""
+"""Builders of the torch family (torch.optim and transformers' Adafactor) the generic path cannot build."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .build import BuildContext
+from ..build import BuildContext
 
 
 def adafactor(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:

@@ -1,0 +1,137 @@
+"""The package's shape: an import graph without cycles, and listing names without torch."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optim_registry
+
+PACKAGE = Path(optim_registry.__file__).parent
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return found
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement, at top level and inside functions, except ``if TYPE_CHECKING:`` blocks
+    (never executed, so they cannot make an import cycle at run time)."""
+    out: list[ast.Import | ast.ImportFrom] = []
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if _is_type_checking(node):
+            todo.extend(node.orelse)  # type: ignore[attr-defined]
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (``from . import deps`` counts as ``deps``, not the package)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in _imports(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    source = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    source = node.module or ""
+                subs = [f"{source}.{alias.name}" for alias in node.names]
+                targets = [s for s in subs if s in modules]
+                if len(targets) < len(subs):  # some names are attributes of ``source`` itself
+                    targets.append(source)
+            edges.update(t for t in targets if t in modules and t != name)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path ``a -> b -> ... -> a``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_the_scan_sees_imports_inside_functions_and_relative_ones():
+    graph = import_graph()
+    # build imports the registry only inside spec_for, relatively: the scan must see it.
+    assert "optim_registry.registry" in graph["optim_registry.build"]
+    assert "optim_registry.deps" in graph["optim_registry.build"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_package_import_graph_has_no_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+_PROBE = """
+import json, sys
+{body}
+print(json.dumps(sorted(m for m in ("torch", "transformers") if m in sys.modules)))
+"""
+
+
+def _loaded_after(body: str) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent), "OPTIM_REGISTRY_DISABLE_PLUGINS": "1"}
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(body=body)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_list_optimizers_imports_no_torch():
+    loaded = _loaded_after("import optim_registry\nassert len(optim_registry.list_optimizers()) > 100")
+    assert "torch" not in loaded
+
+
+def test_cli_list_imports_no_torch():
+    body = (
+        "import contextlib, io\nfrom optim_registry import cli\nbuf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n    cli.main(['list'])\n"
+        "assert 'adamw_torch' in buf.getvalue()"
+    )
+    assert "torch" not in _loaded_after(body)
