@@ -30,8 +30,9 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 class Option:
     """One accepted ``optim_args`` key: its type, default and meaning.
 
-    ``default=REQUIRED`` is never used for built-ins: every option has a usable default. ``None`` as a
-    default makes the option nullable (``none`` in a string means ``None``).
+    Every built-in option has a usable default; ``required=True`` (plugins typed from a signature without
+    a default) makes ``optim_args`` give it. ``None`` as a default makes the option nullable (``none`` in a
+    string means ``None``).
     """
 
     name: str
@@ -247,12 +248,6 @@ class OptimizerSpec:
     @property
     def option_map(self) -> dict[str, Option]:
         return {o.name: o for o in self.options}
-
-    def accepted_keys(self) -> list[str]:
-        """Every key ``optim_args`` may carry: the record's options, then the hyperparameters."""
-        keys = [o.name for o in self.options]
-        keys += [h for h in ("lr", "betas", "eps", "weight_decay") if h in self.hparams and h not in keys]
-        return keys
 
     def variant(self, **changes: Any) -> OptimizerSpec:
         """A new record that differs from this one in ``changes`` (a preset, a layer-wise twin)."""
