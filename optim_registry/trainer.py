@@ -33,10 +33,6 @@ def _plain(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-#: Every check the arguments alone allow (the one "can this name run here?" decision, raised): see runnable.
-validate_training_args = check_training_args
-
-
 _OPTIM_GROUPS_HELP = (
     "Per-parameter rates, weight decay and optimizer options by rule: a list of rules (or its JSON string), "
     'e.g. [{"loraplus_lr_ratio": 16}, {"params": "@embeddings", "lr": 1e-5}]. See docs/param_groups.md.'
@@ -85,7 +81,7 @@ class RegistryArgumentsMixin(_ArgumentsBase):
         super().__post_init__()
         self.optim = _optimizer_value(optim)
         self.lr_scheduler_type = SchedulerType(sched) if sched in _HF_SCHEDULERS else sched
-        validate_training_args(self)
+        check_training_args(self)
 
     def set_optimizer(self, name: str = "adamw_torch", *args: Any, **kwargs: Any) -> Any:
         optimizers.check_name(_plain(name))
@@ -93,7 +89,7 @@ class RegistryArgumentsMixin(_ArgumentsBase):
         try:
             super().set_optimizer("adamw_torch", *args, **kwargs)
             self.optim = _optimizer_value(_plain(name))
-            validate_training_args(self)
+            check_training_args(self)
         except BaseException:
             # a refused choice leaves the arguments exactly as they were
             vars(self).clear()
@@ -176,7 +172,7 @@ class OptimRegistryMixin(CheckpointMixin):
         if self.optimizer is None:
             self._check_scheduler_before_build()
         if fresh:
-            validate_training_args(self.args, building=True)
+            check_training_args(self.args, building=True)
             spec = build.spec_for(_plain(self.args.optim))
             build.check_device(spec, opt_model)
             with build.trainer_scope(
