@@ -112,17 +112,15 @@ def select(patterns: list[str] | None) -> tuple[list[Any], dict[str, str]]:
     """Records to run, and the reason each other registered name is not run."""
     from optim_registry.listing import list_optimizers
     from optim_registry.registry import optimizers
+    from optim_registry.runnable import can_run
 
     chosen, skipped = [], {}
     for info in list_optimizers():
         if patterns and not any(fnmatch.fnmatch(info.name, p) for p in patterns):
             continue
-        if not info.available:
-            skipped[info.name] = f"not installed ({info.install})"
-        elif info.needs_gpu is not None:
-            skipped[info.name] = f"needs a GPU: {info.needs_gpu}"
-        elif getattr(info, "unsupported", None):
-            skipped[info.name] = f"cannot train through the Trainer: {info.unsupported}"
+        ok, reason = can_run(info)
+        if not ok:
+            skipped[info.name] = reason
         else:
             try:
                 chosen.append(optimizers.get(info.name))

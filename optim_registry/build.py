@@ -28,37 +28,48 @@ from .spec import (
     option_table,
 )
 
-#: Decay names chosen by the Trainer (its ``get_decay_parameter_names``, which users may override).
-_DECAY_NAMES: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("decay_names", default=None)
+
+@dataclass(frozen=True)
+class TrainerScope:
+    """What the Trainer knows about the build in progress beyond the arguments (unset: ``None``)."""
+
+    #: The weight-decay parameter names from the Trainer's ``get_decay_parameter_names`` (users may override it).
+    decay_names: frozenset[str] | None = None
+    #: The run's total optimizer steps (for ratios such as warm-up 0.1).
+    training_steps: int | None = None
 
 
-#: The run's total optimizer steps, when the Trainer knows them (for ratios such as warm-up 0.1).
-_TRAINING_STEPS: contextvars.ContextVar[int | None] = contextvars.ContextVar("training_steps", default=None)
+_NO_TRAINER = TrainerScope()  # frozen: safe to share as the default
+#: The one piece of state a Trainer hands to the builds inside it; set only by ``trainer_scope``.
+_SCOPE: contextvars.ContextVar[TrainerScope] = contextvars.ContextVar("optim_registry_scope", default=_NO_TRAINER)
 
 
 @contextlib.contextmanager
-def decay_names_override(names: Iterable[str]) -> Iterator[None]:
-    """Use ``names`` as the weight-decay parameters for builds inside this block."""
-    token = _DECAY_NAMES.set(set(names))
+def trainer_scope(
+    *, decay_names: Iterable[str] | None = None, training_steps: int | None = None
+) -> Iterator[TrainerScope]:
+    """Builds inside this block use these decay names and know the run's length; unset fields are inherited."""
+    outer = _SCOPE.get()
+    scope = TrainerScope(
+        decay_names=outer.decay_names if decay_names is None else frozenset(decay_names),
+        training_steps=outer.training_steps if training_steps is None else training_steps,
+    )
+    token = _SCOPE.set(scope)
     try:
-        yield
+        yield scope
     finally:
-        _DECAY_NAMES.reset(token)
+        _SCOPE.reset(token)
 
 
 def current_decay_names() -> set[str] | None:
     """The Trainer's weight-decay parameter names for the build in progress (None: the default split)."""
-    return _DECAY_NAMES.get()
+    names = _SCOPE.get().decay_names
+    return None if names is None else set(names)
 
 
-@contextlib.contextmanager
-def training_steps(n: int | None) -> Iterator[None]:
-    """Builds inside this block know the run lasts ``n`` optimizer steps."""
-    token = _TRAINING_STEPS.set(n)
-    try:
-        yield
-    finally:
-        _TRAINING_STEPS.reset(token)
+def current_training_steps() -> int | None:
+    """The run's total optimizer steps when a Trainer said them, else ``None``."""
+    return _SCOPE.get().training_steps
 
 
 @dataclass
@@ -94,7 +105,7 @@ class BuildContext:
     @property
     def num_training_steps(self) -> int | None:
         """Total optimizer steps of the run: known inside a Trainer, else ``args.max_steps`` if set."""
-        known = _TRAINING_STEPS.get()
+        known = current_training_steps()
         if known is not None:
             return known
         max_steps = int(getattr(self.args, "max_steps", -1) or -1)
@@ -293,7 +304,7 @@ def compose_groups(ctx: BuildContext) -> list[dict[str, Any]]:
             model, getattr(ctx.args, "optim_target_modules", None), subject=f"optim={spec.name!r}"
         )
     target_opts = {k: v for k, v in sent_options(spec, ctx.given).items() if k in spec.target_options}
-    decay_names = _DECAY_NAMES.get()
+    decay_names = current_decay_names()
     groups = build_groups(
         model, weight_decay=hp["weight_decay"], decay_names=decay_names, targets=targets, target_options=target_opts
     )
@@ -580,14 +591,24 @@ def finalize(optimizer: Any, spec: OptimizerSpec, model: Any) -> None:
 
 
 def keep_embeddings_32bit(model: Any) -> int:
-    """Tell bitsandbytes to keep ``nn.Embedding`` state in 32 bits; returns the parameters covered."""
+    """Tell bitsandbytes to keep ``nn.Embedding`` state in 32 bits; returns the parameters covered.
+
+    Once per module: transformers' ``Trainer.create_optimizer`` registers the same override itself for any
+    class whose name contains "bitsandbytes" built with ``optim_bits=8``, and bitsandbytes' list only grows.
+    """
     import bitsandbytes
     from torch import nn
 
     manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    registered = {
+        id(module)
+        for module, param, config in manager.module_weight_config_triple
+        if param == "weight" and config == {"optim_bits": 32}
+    }
     covered = 0
     for module in model.modules():
         if isinstance(module, nn.Embedding):
-            manager.register_module_override(module, "weight", {"optim_bits": 32})
+            if id(module) not in registered:
+                manager.register_module_override(module, "weight", {"optim_bits": 32})
             covered += module.weight.numel()
     return covered

@@ -31,7 +31,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 MANIFEST_NAME = "optim_registry.json"
 FORMAT = 1
@@ -639,7 +639,16 @@ def after_load(trainer: Any, plan: dict[str, Any] | None) -> None:
 # ----------------------------------------------------------------------------------------- the mixin
 
 
-class CheckpointMixin:
+if TYPE_CHECKING:
+    import transformers
+
+    # Type checkers see the mixins as the Trainer they are mixed into; at run time they add no base.
+    _TrainerBase = transformers.Trainer
+else:
+    _TrainerBase = object
+
+
+class CheckpointMixin(_TrainerBase):
     """The Trainer overrides that make checkpoints atomic, complete-or-skipped and checked on resume.
 
     Every method calls ``super()``; OptimRegistryMixin inherits it, so any Trainer subclass gets it.
@@ -653,8 +662,8 @@ class CheckpointMixin:
     _registry_verified: str | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):  # type: ignore[attr-defined]
-            resume_from_checkpoint = newest_complete(self.args.output_dir)  # type: ignore[attr-defined]
+        if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
+            resume_from_checkpoint = newest_complete(self.args.output_dir)
         if isinstance(resume_from_checkpoint, (str, os.PathLike)) and resume_from_checkpoint:
             resume_from_checkpoint = os.fspath(resume_from_checkpoint)
             check_complete(resume_from_checkpoint)
@@ -664,7 +673,7 @@ class CheckpointMixin:
                 verify_checksums(resume_from_checkpoint, manifest)
                 self._registry_verified = resume_from_checkpoint
             self._check_asked(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)  # type: ignore[misc]
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _check_asked(self, checkpoint: str) -> None:
         # Only when the registry builds the optimizer from the arguments (not optimizers=(...) given).
@@ -674,30 +683,30 @@ class CheckpointMixin:
         record = (manifest or {}).get("optimizer")
         if record is None or record.get("name") is None:
             return
-        check_asked(record, asked_optimizer(self.args, self.model), checkpoint)  # type: ignore[attr-defined]
+        check_asked(record, asked_optimizer(self.args, self.model), checkpoint)
 
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
         fresh = getattr(self, "optimizer", None) is None
-        optimizer = super().create_optimizer(*args, **kwargs)  # type: ignore[misc]
+        optimizer = super().create_optimizer(*args, **kwargs)
         if fresh or self._registry_built_settings is None:
             # The settings as built, before any schedule or step moves them: what a resume compares.
-            self._registry_built_settings = group_settings(unwrap_optimizer(self.optimizer))  # type: ignore[attr-defined]
+            self._registry_built_settings = group_settings(unwrap_optimizer(self.optimizer))
         return optimizer
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        if not single_writer(self) or not self.args.should_save:  # type: ignore[attr-defined]
-            return super()._save_optimizer_and_scheduler(output_dir)  # type: ignore[misc]
+        if not single_writer(self) or not self.args.should_save:
+            return super()._save_optimizer_and_scheduler(output_dir)
         with atomic_files(output_dir) as scratch:
-            super()._save_optimizer_and_scheduler(scratch)  # type: ignore[misc]
+            super()._save_optimizer_and_scheduler(scratch)
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        super()._save_checkpoint(model, trial)
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        run_dir = self._get_output_dir(trial=trial)  # type: ignore[attr-defined]
-        write_manifest(self, os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))  # type: ignore[attr-defined]
+        run_dir = self._get_output_dir(trial=trial)
+        write_manifest(self, os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         plan = before_load(self, checkpoint) if checkpoint is not None else None
-        super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
+        super()._load_optimizer_and_scheduler(checkpoint)
         after_load(self, plan)

@@ -45,26 +45,18 @@ def format_table(
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 # -- list -----------------------------------------------------------------------------------------
 def _list_rows(family: str | None, available_only: bool) -> list[dict[str, Any]]:
     from .listing import layerwise_twins, list_optimizers
+    from .runnable import can_run
 
     infos = list_optimizers()
     twins = layerwise_twins(infos)
-    cuda: bool | None = None
     rows = []
     for info in infos:
         if family is not None and info.family != family:
             continue
-        if info.needs_gpu is not None and cuda is None:
-            cuda = _cuda()
-        runnable = info.available and not info.unsupported and (info.needs_gpu is None or bool(cuda))
+        runnable, _ = can_run(info)
         if available_only and not runnable:
             continue
         record = info.to_dict()

@@ -281,29 +281,6 @@ def _callback_class() -> type:
 
 
 # -- one run ----------------------------------------------------------------------------------------
-def why_not_runnable(name: str) -> str | None:
-    """The reason ``name`` cannot run here, or ``None``."""
-    from .listing import info
-    from .registry import optimizers
-
-    try:
-        optimizers.check_name(name)
-        spec = optimizers.get(name)
-    except ValueError as exc:
-        return str(exc)
-    if spec.unsupported:
-        return f"cannot train through a Trainer: {spec.unsupported}"
-    record = info(spec)
-    if not record.available:
-        return f"package missing: {record.install}"
-    if spec.needs_gpu is not None:
-        import torch
-
-        if not torch.cuda.is_available():
-            return f"needs a CUDA GPU ({spec.needs_gpu}); this machine has none"
-    return None
-
-
 def training_arguments(spec: Any, *, output_dir: str, lr: float, steps: int, batch_size: int, seed: int) -> Any:
     """The arguments every run shares, adapted to what the record needs."""
     from .trainer import TrainingArguments
@@ -431,13 +408,14 @@ def compare(
 
     from .demo import make_datasets
     from .registry import optimizers
+    from .runnable import can_run
 
     names = list(dict.fromkeys(names))  # keep order, drop repeats
     not_run: list[NotRun] = []
     runnable = []
     for name in names:
-        reason = why_not_runnable(name)
-        if reason is None:
+        ok, reason = can_run(name)
+        if ok:
             runnable.append(name)
         else:
             not_run.append(NotRun(name, reason))

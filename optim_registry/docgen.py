@@ -210,14 +210,6 @@ def distributed_support(spec: OptimizerSpec) -> dict[str, bool | str]:
     return out
 
 
-def distributed_text(spec: OptimizerSpec) -> list[str]:
-    lines = []
-    for key, value in distributed_support(spec).items():
-        title = _DISTRIBUTED_TITLES[key]
-        lines.append(f"{title}: yes" if value is True else f"{title}: no ({value})")
-    return lines
-
-
 def distributed_summary(spec: OptimizerSpec) -> list[str]:
     """The supported back-ends on one line, then one line per unsupported one with its reason.
 

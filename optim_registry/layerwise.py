@@ -552,16 +552,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------------------------------- state
 
-    @staticmethod
-    def _pack_inner_state(inner_sd: dict[str, Any]) -> dict[str, Any]:
-        """Turns one inner optimizer's state for its parameter into what ``state_dict`` stores (identity)."""
-        return inner_sd
-
-    @staticmethod
-    def _unpack_inner_state(packed: dict[str, Any]) -> dict[str, Any]:
-        """Inverse of `_pack_inner_state`, applied by ``load_state_dict`` (identity)."""
-        return packed
-
     def state_dict(self) -> dict[str, Any]:
         """Torch-layout state: per-parameter inner state under torch's parameter index."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
@@ -581,7 +571,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     if len(inner_state) > 1:
                         raise RuntimeError(f"{type(inner).__name__} holds state for more than its one parameter")
                     if inner_state:
-                        state[index] = self._pack_inner_state(next(iter(inner_state.values())))
+                        state[index] = next(iter(inner_state.values()))
                 index += 1
         state_dict: dict[str, Any] = {"state": state, "param_groups": packed_groups}
         for post_hook in self._optimizer_state_dict_post_hooks.values():
@@ -621,7 +611,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
                     continue
                 one_param_state = {}
                 if saved_index in saved_state:
-                    one_param_state[0] = self._unpack_inner_state(saved_state[saved_index])
+                    one_param_state[0] = saved_state[saved_index]
                 inner.load_state_dict({"state": one_param_state, "param_groups": [{**hyper, "params": [0]}]})
                 # Share the outer objects again (the inner loader deep-copied them), so in-place changes
                 # such as a scheduler filling a tensor lr keep reaching the inner optimizer.

@@ -74,6 +74,20 @@ class TokenDataset:
         return {"input_ids": self.data[i], "labels": self.data[i]}
 
 
+def arguments(optim: str | None = None, output_dir: str = "unused", **kw: Any) -> Any:
+    """``TrainingArguments`` for a quick check: no reporting, CPU, everything else as given.
+
+    ``arguments("sgd", optim_args="momentum=0.9")``; ``training_args`` adds the settings of a whole run.
+    """
+    from .trainer import TrainingArguments
+
+    kw.setdefault("report_to", [])
+    kw.setdefault("use_cpu", True)
+    if optim is not None:
+        kw["optim"] = optim
+    return TrainingArguments(output_dir=output_dir, **kw)
+
+
 def training_args(name: str, output_dir: str, optim_args: Any = None, **overrides: Any) -> Any:
     from .registry import optimizers
     from .trainer import TrainingArguments

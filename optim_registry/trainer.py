@@ -12,17 +12,17 @@ import contextlib
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import transformers
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames as HFOptimizerNames
 
 from . import build
-from .build import decay_names_override
 from .checkpoints import CheckpointMixin, unwrap_optimizer
 from .distributed import check_distributed
 from .registry import optimizers
+from .runnable import check_training_args
 from .schedulers import check_kwargs_json, check_scheduler_args, create_scheduler, schedulers
 
 _HF_OPTIMS = {m.value for m in HFOptimizerNames}
@@ -31,95 +31,6 @@ _HF_SCHEDULERS = {m.value for m in SchedulerType}
 
 def _plain(value: Any) -> str:
     return str(getattr(value, "value", value))
-
-
-def validate_training_args(args: Any, *, building: bool = False) -> None:
-    """Every check that can be made from the arguments alone, raised before a model exists.
-
-    A missing optimizer package is an environment fact, not a mistake in the arguments: the stock class
-    accepts such arguments (they may be written on one machine and trained on another), so creating them
-    only warns, and ``building=True`` (when training starts) refuses.
-    """
-    from . import deps
-
-    name = _plain(args.optim)
-    spec = optimizers.get(name)
-    if building:
-        deps.check(spec.name, spec.requires)
-    else:
-        deps.warn_missing(spec.name, spec.requires)
-    if spec.unsupported:
-        raise ValueError(f"optim={name!r} cannot train through the Trainer: {spec.unsupported}")
-    if spec.builder is not None and spec.source != "builtin":
-        build.load_builder(spec)  # a plugin's "builder" that cannot be one is refused by name, now
-    given, _ = build.check_values(spec, args)
-    build.parse_group_rules(spec, getattr(args, "optim_groups", None))
-    _check_target_modules(spec, getattr(args, "optim_target_modules", None))
-    check_scheduler_args(args)
-    ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
-    if spec.needs_gpu is not None:
-        import torch
-
-        if not torch.cuda.is_available() or getattr(args, "use_cpu", False):
-            raise ValueError(
-                f"optim={name!r} needs a CUDA GPU ({spec.needs_gpu}); none is available here. "
-                "Train on a GPU, or choose a CPU-capable name (`optim-registry list --available`)."
-            )
-    if spec.protocol == "fused_backward" and ga > 1:
-        raise ValueError(
-            f"optim={name!r} updates the weights inside backward, so gradient accumulation cannot work: "
-            f"set gradient_accumulation_steps=1 (got {ga}), or choose another optimizer."
-        )
-    if spec.protocol == "fused_backward" and getattr(args, "fp16", False):
-        raise ValueError(
-            f"optim={name!r} needs its own backward (fused_backward), but with fp16=True accelerate runs the "
-            "GradScaler's backward instead and never calls it. Use bf16=True or full precision."
-        )
-    if spec.layerwise and getattr(args, "fp16", False):
-        raise ValueError(
-            f"optim={name!r} steps each parameter inside backward, before fp16 loss scaling can unscale or "
-            "check the gradients. Use bf16=True, or the whole-model name " + repr(spec.base) + "."
-        )
-    if spec.layerwise:
-        from .layerwise import check_layerwise_clipping
-
-        # transformers' default max_grad_norm passes (warned about when the optimizer is built); another
-        # value needs a clipping option.
-        check_layerwise_clipping(spec, args, given)
-    check_distributed(spec, args)
-
-
-#: (optim, target patterns) already warned about: the warning is said once, not at every validation.
-_WARNED_UNUSED_TARGETS: set[tuple[str, str]] = set()
-
-
-def _check_target_modules(spec: Any, patterns: Any) -> None:
-    """Target patterns well formed for a record that uses them; a warning for one that does not."""
-    from .param_groups import check_target_patterns
-
-    if spec.target_modules:
-        if patterns is None:
-            raise ValueError(
-                f"optim={spec.name!r} needs `optim_target_modules` (e.g. ['self_attn', 'mlp'] or 'all-linear'): "
-                "the modules whose weights it projects"
-            )
-        check_target_patterns(patterns)
-        return
-    if patterns is None or (spec.builder is not None and spec.source != "builtin"):
-        return  # a plugin's own builder may read the patterns itself
-    key = (spec.name, repr(patterns))
-    if key not in _WARNED_UNUSED_TARGETS:
-        _WARNED_UNUSED_TARGETS.add(key)
-        import warnings
-
-        from .optim_args import shorten
-
-        warnings.warn(
-            f"optim_target_modules={shorten(patterns)} is ignored: optim={spec.name!r} does not use target modules "
-            "(GaLore, APOLLO and Q-GaLore names do). Drop optim_target_modules, or choose such an optimizer.",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 _OPTIM_GROUPS_HELP = (
@@ -131,8 +42,15 @@ _OPTIM_GROUPS_HELP = (
 # A dataclass that only declares the field (no __init__/__repr__/__eq__ of its own): a subclass decorated with
 # @dataclass gets ``optim_groups`` as a real field (constructor keyword, to_dict(), JSON, HfArgumentParser),
 # and an undecorated subclass keeps its parent's constructor and still reads the class default.
+if TYPE_CHECKING:
+    # Type checkers see the mixin as the arguments class it is mixed into; at run time it adds no base.
+    _ArgumentsBase = transformers.TrainingArguments
+else:
+    _ArgumentsBase = object
+
+
 @dataclass(init=False, repr=False, eq=False)
-class RegistryArgumentsMixin:
+class RegistryArgumentsMixin(_ArgumentsBase):
     """Makes any ``transformers.TrainingArguments`` subclass accept registry names and ``optim_groups``.
 
     Decorate the subclass with ``@dataclass`` so ``optim_groups`` becomes one of its fields.
@@ -160,18 +78,18 @@ class RegistryArgumentsMixin:
         # put ours back.
         self.optim = optim if optim in _HF_OPTIMS else HFOptimizerNames.ADAMW_TORCH.value
         self.lr_scheduler_type = sched if sched in _HF_SCHEDULERS else SchedulerType.LINEAR.value
-        super().__post_init__()  # type: ignore[misc]
+        super().__post_init__()
         self.optim = _optimizer_value(optim)
         self.lr_scheduler_type = SchedulerType(sched) if sched in _HF_SCHEDULERS else sched
-        validate_training_args(self)
+        check_training_args(self)
 
     def set_optimizer(self, name: str = "adamw_torch", *args: Any, **kwargs: Any) -> Any:
         optimizers.check_name(_plain(name))
         before = dict(vars(self))
         try:
-            super().set_optimizer("adamw_torch", *args, **kwargs)  # type: ignore[misc]
+            super().set_optimizer("adamw_torch", *args, **kwargs)
             self.optim = _optimizer_value(_plain(name))
-            validate_training_args(self)
+            check_training_args(self)
         except BaseException:
             # a refused choice leaves the arguments exactly as they were
             vars(self).clear()
@@ -182,7 +100,7 @@ class RegistryArgumentsMixin:
     def set_lr_scheduler(self, name: str = "linear", *args: Any, **kwargs: Any) -> Any:
         sched = _plain(name)
         schedulers.check_name(sched)
-        super().set_lr_scheduler("linear", *args, **kwargs)  # type: ignore[misc]
+        super().set_lr_scheduler("linear", *args, **kwargs)
         self.lr_scheduler_type = SchedulerType(sched) if sched in _HF_SCHEDULERS else sched
         check_scheduler_args(self)
         return self
@@ -215,10 +133,10 @@ class OptimRegistryMixin(CheckpointMixin):
     def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, Any]:
         return build.get_optimizer_cls_and_kwargs(args, model)
 
-    def get_decay_parameter_names(self, model: Any) -> set[str]:  # a set: membership tests stay O(1)
-        from .param_groups import decay_parameter_names
-
-        return decay_parameter_names(model)
+    def get_decay_parameter_names(self, model: Any) -> set[str]:
+        # transformers' own choice (so an upgrade's new patterns apply), as a set: the stock create_optimizer
+        # tests every parameter name against it, O(1) each instead of a list scan.
+        return set(super().get_decay_parameter_names(model))
 
     def get_optimizer_group(self, param: Any = None) -> Any:
         """As the stock method, but finds ``param`` by identity (``in`` on tensors compares values)."""
@@ -233,8 +151,12 @@ class OptimRegistryMixin(CheckpointMixin):
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         self._check_scheduler_before_build(num_training_steps)
-        with build.training_steps(num_training_steps):
-            super().create_optimizer_and_scheduler(num_training_steps)  # type: ignore[misc]
+        # Read by create_optimizer, the one place the build's scope is set.
+        self._registry_training_steps = num_training_steps
+        try:
+            super().create_optimizer_and_scheduler(num_training_steps)
+        finally:
+            self._registry_training_steps = None
 
     def create_optimizer(self, model: Any = None) -> Any:
         fresh = self.optimizer is None and self.optimizer_cls_and_kwargs is None
@@ -243,11 +165,13 @@ class OptimRegistryMixin(CheckpointMixin):
         if self.optimizer is None:
             self._check_scheduler_before_build()
         if fresh:
-            validate_training_args(self.args, building=True)
+            check_training_args(self.args, building=True)
             spec = build.spec_for(_plain(self.args.optim))
             build.check_device(spec, opt_model, self.args)
-            with decay_names_override(self.get_decay_parameter_names(opt_model)):
-                optimizer = super().create_optimizer(model)  # type: ignore[misc]
+            with build.trainer_scope(
+                decay_names=self.get_decay_parameter_names(opt_model), training_steps=self._registry_training_steps
+            ):
+                optimizer = super().create_optimizer(model)
                 build.check_rules_applied(self.args, unwrap_optimizer(optimizer), opt_model)
             build.finalize(unwrap_optimizer(optimizer), spec, opt_model)
         else:
@@ -258,7 +182,7 @@ class OptimRegistryMixin(CheckpointMixin):
                     "was passed to the Trainer and replaces it. Drop optimizer_cls_and_kwargs (choose the "
                     "optimizer with optim=...), or drop optim_groups and give the groups in its kwargs['params']."
                 )
-            optimizer = super().create_optimizer(model)  # type: ignore[misc]
+            optimizer = super().create_optimizer(model)
         self._install_protocols(unwrap_optimizer(self.optimizer))
         return self.optimizer
 
@@ -286,14 +210,14 @@ class OptimRegistryMixin(CheckpointMixin):
                     self.args, optimizer, num_training_steps, warmup=0 if owns_warmup else None
                 )
             self._created_lr_scheduler = True
-        return super().create_scheduler(num_training_steps, optimizer)  # type: ignore[misc]
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _get_learning_rate(self) -> Any:
         # The loop calls this after optimizer.step() and before the scheduler steps: these are the rates
         # the step just used. Read later, in ``log``, they would already be the next step's.
         inner = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
         self._group_rates = [_as_float(g.get("lr")) for g in inner.param_groups] if inner is not None else None
-        return super()._get_learning_rate()  # type: ignore[misc]
+        return super()._get_learning_rate()
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Adds every param group's learning rate when they differ (the stock Trainer logs only the first)."""
@@ -301,7 +225,7 @@ class OptimRegistryMixin(CheckpointMixin):
         if "learning_rate" in logs and rates and _groups_differ(unwrap_optimizer(self.optimizer)):
             for i, rate in enumerate(rates):
                 logs[f"learning_rate/group_{i}"] = rate
-        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+        super().log(logs, *args, **kwargs)
 
     # -- protocols --------------------------------------------------------------------------------
     def _install_protocols(self, optimizer: Any) -> None:
@@ -320,6 +244,7 @@ class OptimRegistryMixin(CheckpointMixin):
             optimizer.should_step = should_step
 
     _registry_in_step = False
+    _registry_training_steps: int | None = None
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         self._registry_in_step = True
@@ -329,7 +254,7 @@ class OptimRegistryMixin(CheckpointMixin):
             # DDP's all-reduce before the first backward.
             attach_layerwise_ddp(self.optimizer, args[0] if args else kwargs.get("model"))
             routed = self._route_backward()
-            return super().training_step(*args, **kwargs)  # type: ignore[misc]
+            return super().training_step(*args, **kwargs)
         finally:
             self._registry_in_step = False
             if routed:
@@ -364,7 +289,7 @@ class OptimRegistryMixin(CheckpointMixin):
         # norm instead of clipping what is left.
         if isinstance(inner, LayerwiseOptimizer):
             return inner.grad_norm()
-        return super()._clip_grad_norm(model)  # type: ignore[misc]
+        return super()._clip_grad_norm(model)
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         from .layerwise import LayerwiseOptimizer
@@ -376,7 +301,7 @@ class OptimRegistryMixin(CheckpointMixin):
         elif callable(getattr(inner, "logged_grad_norm", None)):
             norm = inner.logged_grad_norm()
         else:
-            return super()._get_grad_norm(model, grad_norm=grad_norm)  # type: ignore[misc]
+            return super()._get_grad_norm(model, grad_norm=grad_norm)
         return norm.item() if hasattr(norm, "item") else norm
 
     @contextlib.contextmanager
@@ -399,11 +324,11 @@ class OptimRegistryMixin(CheckpointMixin):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         with self._optimizer_eval_mode():
-            super()._save_checkpoint(model, trial)  # type: ignore[misc]
+            super()._save_checkpoint(model, trial)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         with self._optimizer_eval_mode():
-            super().save_model(output_dir, _internal_call)  # type: ignore[misc]
+            super().save_model(output_dir, _internal_call)
 
 
 def attach_layerwise_ddp(optimizer: Any, model: Any) -> bool:

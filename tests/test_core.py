@@ -13,12 +13,11 @@ import torch
 import optim_registry
 from optim_registry import (
     OptimTrainer,
-    TrainingArguments,
     create_optimizer,
     get_optimizer_cls_and_kwargs,
     list_optimizers,
 )
-from optim_registry.testing import check_optimizer, tiny_model
+from optim_registry.testing import arguments, check_optimizer, tiny_model
 
 OPTIMIZER_PACKAGES = (
     "bitsandbytes", "galore_torch", "apollo_torch", "q_galore_torch", "lomo_optim", "schedulefree", "optimi",
@@ -27,9 +26,7 @@ OPTIMIZER_PACKAGES = (
 
 
 def args(optim="adamw_torch", **kw):
-    kw.setdefault("report_to", [])
-    kw.setdefault("use_cpu", True)
-    return TrainingArguments(output_dir=kw.pop("output_dir", "unused"), optim=optim, **kw)
+    return arguments(optim, **kw)
 
 
 def test_import_loads_no_optimizer_package():
@@ -338,6 +335,7 @@ TORCH_NATIVE = ["adafactor", "adafactor_torch", "adagrad", "adam", "adamax", "ad
                 "nadam", "radam", "rmsprop", "sgd"]
 
 
+@pytest.mark.harness
 @pytest.mark.parametrize("name", TORCH_NATIVE)
 def test_conformance_torch_native(name, tmp_path):
     report = check_optimizer(name, workdir=str(tmp_path))

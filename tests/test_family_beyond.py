@@ -8,9 +8,10 @@ import sys
 import pytest
 import torch
 
-from optim_registry import OptimTrainer, TrainingArguments, create_optimizer, get_optimizer_cls_and_kwargs
+from optim_registry import OptimTrainer, create_optimizer, get_optimizer_cls_and_kwargs
 from optim_registry.optimizers.muon import split_muon_params
 from optim_registry.testing import TokenDataset, check_optimizer, run, tiny_model
+from optim_registry.testing import arguments as args
 
 FLASH = ["flash_adam", "flash_adamw", "flash_lion", "flash_sgd", "flash_sgdw"]
 
@@ -44,12 +45,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def args(optim, **kw):
-    kw.setdefault("report_to", [])
-    kw.setdefault("use_cpu", True)
-    return TrainingArguments(output_dir=kw.pop("output_dir", "unused"), optim=optim, **kw)
-
-
 def snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -65,6 +60,7 @@ def losses(trainer):
 # -- conformance ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.harness
 @pytest.mark.parametrize("name", sorted(CONFORMANCE))
 def test_conformance(name, tmp_path):
     report = check_optimizer(name, CONFORMANCE[name], workdir=str(tmp_path))

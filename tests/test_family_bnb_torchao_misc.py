@@ -14,8 +14,9 @@ import pytest
 import torch
 import transformers
 
-from optim_registry import OptimTrainer, TrainingArguments, create_optimizer, get_optimizer_cls_and_kwargs
+from optim_registry import OptimTrainer, create_optimizer, get_optimizer_cls_and_kwargs
 from optim_registry.testing import TokenDataset, check_optimizer, max_param_diff, run, state_round_trip, tiny_model
+from optim_registry.testing import arguments as args
 from optim_registry.trainer import unwrap_optimizer
 
 BNB = [
@@ -29,12 +30,6 @@ TORCHAO = ["adamw_torch_4bit", "adamw_torch_8bit", "ao_adamw_4bit", "ao_adamw_8b
 REAL_8BIT = "min_8bit_size=64"
 #: A vocabulary of 256 gives the embedding and the head 256 x 16 = 4096 elements: torchao's threshold.
 AO_VOCAB = 256
-
-
-def args(optim: str, **kw):
-    kw.setdefault("report_to", [])
-    kw.setdefault("use_cpu", True)
-    return TrainingArguments(output_dir=kw.pop("output_dir", "unused"), optim=optim, **kw)
 
 
 def stock_args(optim: str, **kw):
@@ -51,12 +46,14 @@ def _quiet():
 # -- bitsandbytes -----------------------------------------------------------------------------------
 
 
+@pytest.mark.harness
 @pytest.mark.parametrize("name", BNB)
 def test_bnb_conformance(name, tmp_path):
     report = check_optimizer(name, REAL_8BIT if "8bit" in name else None, steps=2, workdir=str(tmp_path))
     assert report.ok, report.failures
 
 
+@pytest.mark.harness
 @pytest.mark.parametrize("name", ["adamw_8bit_layerwise", "lion_8bit_layerwise"])
 def test_bnb_layerwise_conformance(name, tmp_path):
     report = check_optimizer(name, REAL_8BIT, steps=2, workdir=str(tmp_path))
@@ -166,6 +163,7 @@ def test_bnb_features_are_record_data():
 # -- torchao ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.harness("adamw_torch_4bit")
 def test_torchao_conformance(tmp_path):
     report = check_optimizer("adamw_torch_4bit", workdir=str(tmp_path), lr_scheduler_type="linear")
     assert report.ok, report.failures
@@ -240,6 +238,7 @@ def test_torchao_options_typed_and_aliases():
 # -- misc -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.harness("grokadamw")
 def test_grokadamw_conformance(tmp_path):
     report = check_optimizer("grokadamw", workdir=str(tmp_path))
     assert report.ok, report.failures

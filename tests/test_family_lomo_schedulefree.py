@@ -6,21 +6,17 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from optim_registry import OptimTrainer, TrainingArguments, get_optimizer_cls_and_kwargs
+from optim_registry import OptimTrainer, get_optimizer_cls_and_kwargs
 from optim_registry.testing import TokenDataset, check_optimizer, max_param_diff, run, tiny_model, training_args
+from optim_registry.testing import arguments as _args
 from optim_registry.trainer import unwrap_optimizer
-
-
-def _args(optim: str, **kw):
-    kw.setdefault("report_to", [])
-    kw.setdefault("use_cpu", True)
-    return TrainingArguments(output_dir=kw.pop("output_dir", "unused"), optim=optim, **kw)
 
 
 def _logged(trainer, key: str) -> list[float]:
     return [h[key] for h in trainer.state.log_history if key in h and "loss" in h]
 
 
+@pytest.mark.harness
 @pytest.mark.parametrize(
     ("name", "optim_args", "extra"),
     [

@@ -7,10 +7,11 @@ import pytest
 import torch
 import transformers
 
-from optim_registry import TrainingArguments, create_optimizer, get_optimizer_cls_and_kwargs
+from optim_registry import create_optimizer, get_optimizer_cls_and_kwargs
 from optim_registry.listing import layerwise_twin
 from optim_registry.testing import (
     DEFAULT_TARGETS,
+    arguments,
     check_optimizer,
     max_param_diff,
     run,
@@ -25,12 +26,10 @@ CPU_NAMES = ["galore_adamw", "galore_adamw_8bit", "galore_adafactor", "apollo_ad
 
 
 def args(optim, **kw):
-    kw.setdefault("report_to", [])
-    kw.setdefault("use_cpu", True)
     kw.setdefault("optim_target_modules", DEFAULT_TARGETS)
     if optim.endswith("_layerwise"):
         kw.setdefault("max_grad_norm", 0.0)
-    return TrainingArguments(output_dir=kw.pop("output_dir", "unused"), optim=optim, **kw)
+    return arguments(optim, **kw)
 
 
 def hf_args(optim, **kw):
@@ -49,6 +48,7 @@ def train_one_step(optimizer, model):
 # -------------------------------------------------------------------------------- conformance and resume
 
 
+@pytest.mark.harness
 @pytest.mark.parametrize("name", CPU_NAMES + [layerwise_twin(n) for n in CPU_NAMES])
 def test_conformance_and_exact_resume_across_a_projector_refresh(name, tmp_path):
     optim_args = SMALL + (",min_8bit_size=16" if "8bit" in name else "")  # exercise the 8-bit state

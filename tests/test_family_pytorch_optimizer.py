@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from optim_registry import TrainingArguments, create_optimizer, get_optimizer_cls_and_kwargs, list_optimizers
+from optim_registry import create_optimizer, get_optimizer_cls_and_kwargs, list_optimizers
 from optim_registry.builtin.pytorch_optimizer import PREFIX, generated_records
 from optim_registry.builtin.pytorch_optimizer_catalog import CATALOG, LAYERWISE, SHARDING, STATUS
-from optim_registry.testing import TokenDataset, check_optimizer, tiny_model
+from optim_registry.testing import TokenDataset, arguments, check_optimizer, tiny_model
 
 pytest.importorskip("pytorch_optimizer")
 
@@ -53,7 +53,7 @@ def _args(name, **kw):
     kw.setdefault("max_steps", 10)  # Ranger21 schedules itself over the run's length
     if name.endswith("_layerwise"):
         kw.setdefault("max_grad_norm", 0.0)
-    return TrainingArguments(output_dir="unused", optim=name, report_to=[], use_cpu=True, **kw)
+    return arguments(name, **kw)
 
 
 # -- the shipped catalogue ------------------------------------------------------------------------
@@ -244,6 +244,7 @@ def test_registry_build_steps_and_round_trips(name):
 
 
 # -- conformance through OptimTrainer with a real checkpoint -------------------------------------------
+@pytest.mark.harness
 @pytest.mark.parametrize("name", [PREFIX + n for n in CONFORMANCE] + [f"{PREFIX}{n}_layerwise" for n in CONFORMANCE_TWINS])
 def test_conformance_through_optim_trainer(name, tmp_path):
     base = _BASE[name]

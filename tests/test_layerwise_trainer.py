@@ -41,6 +41,7 @@ def test_schedule_drives_layerwise_learning_rates(tmp_path):
     assert inner.param_groups[0]["lr"] == pytest.approx(logged[-1])
 
 
+@pytest.mark.harness("adamw_torch_layerwise")
 def test_layerwise_checkpoint_holds_state_and_resumes_exactly(tmp_path):
     """transformers 5.23: optimizer.pt of a layer-wise checkpoint had 0 entries; resume diverged."""
     report = check_optimizer("adamw_torch_layerwise", workdir=str(tmp_path))

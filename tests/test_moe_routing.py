@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optim_registry import TrainingArguments, create_optimizer
+from optim_registry import create_optimizer
 from optim_registry.optimizers.muon import zeropower_via_newtonschulz
+from optim_registry.testing import arguments
 
 COEFFS = (3.4445, -4.775, 2.0315)
 
@@ -29,9 +30,9 @@ def moe_model(kind: str = "qwen3_moe"):
 
 
 def args(optim="muon", **kw):
-    kw.setdefault("report_to", [])
     kw.setdefault("learning_rate", 1e-3)
-    return TrainingArguments("out", optim=optim, **kw)
+    kw.setdefault("use_cpu", False)
+    return arguments(optim, "out", **kw)
 
 
 def routed(model, opt):

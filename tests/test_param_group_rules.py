@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from optim_registry import TrainingArguments, create_optimizer, create_scheduler
-from optim_registry.testing import tiny_model
+from optim_registry.testing import arguments, tiny_model
 
 LR = 1e-3
 
 
 def args(optim: str = "adamw_torch", groups=None, **kw):
     kw.setdefault("learning_rate", LR)
-    kw.setdefault("report_to", [])
-    return TrainingArguments(kw.pop("output_dir", "out"), optim=optim, optim_groups=groups, **kw)
+    kw.setdefault("use_cpu", False)
+    return arguments(optim, kw.pop("output_dir", "out"), optim_groups=groups, **kw)
 
 
 def names_of(model):

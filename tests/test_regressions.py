@@ -11,16 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from optim_registry import OptimTrainer, TrainingArguments, create_optimizer, get_optimizer_cls_and_kwargs
+from optim_registry import OptimTrainer, create_optimizer, get_optimizer_cls_and_kwargs
 from optim_registry.testing import TokenDataset, check_optimizer, max_param_diff, run, tiny_model
+from optim_registry.testing import arguments as args
 
 LOW_RANK = "rank=4,update_proj_gap=2"
-
-
-def args(optim, **kw):
-    kw.setdefault("report_to", [])
-    kw.setdefault("use_cpu", True)
-    return TrainingArguments(kw.pop("output_dir", "unused"), optim=optim, **kw)
 
 
 # 1 ---------------------------------------------------------------------------------------------------
@@ -35,6 +30,7 @@ def test_layerwise_learning_rates_follow_the_schedule(tmp_path):
 
 
 # 2 ---------------------------------------------------------------------------------------------------
+@pytest.mark.harness("galore_adamw_layerwise")
 def test_layerwise_checkpoint_holds_optimizer_state_and_resumes_exactly(tmp_path):
     report = check_optimizer("galore_adamw_layerwise", LOW_RANK, workdir=str(tmp_path))
     assert report.ok, report.failures

@@ -13,6 +13,7 @@ import pytest
 
 from optim_registry.listing import list_optimizers
 from optim_registry.registry import optimizers
+from optim_registry.runnable import can_run
 from optim_registry.testing import check_optimizer
 
 #: optim_args that make a name meaningful on the tiny model (hidden size 16, 4 steps, save at 2).
@@ -52,12 +53,9 @@ def not_runnable(info) -> str | None:
     base = info.base or info.name
     if base in ELSEWHERE:
         return ELSEWHERE[base]
-    if not info.available:
-        return f"not installed here ({info.install})"
-    if info.needs_gpu:
-        return f"needs a GPU: {info.needs_gpu}"
-    if info.unsupported:
-        return f"cannot train through the Trainer: {info.unsupported}"
+    ok, reason = can_run(info)
+    if not ok:
+        return reason
     if info.source != "builtin":
         return "plugin (covered by tests/test_plugins.py)"
     return None

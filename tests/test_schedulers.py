@@ -13,17 +13,15 @@ import torch
 from transformers.optimization import get_scheduler
 from transformers.trainer_utils import SchedulerType
 
-from optim_registry import TrainingArguments, create_scheduler, register_scheduler
+from optim_registry import create_scheduler, register_scheduler
 from optim_registry.schedulers import check_scheduler_args, parse_scheduler_kwargs, schedulers
+from optim_registry.testing import arguments
 
 N, W, LR, LR2 = 20, 3, 0.1, 0.01
 
 
 def targs(name, kwargs=None, warmup=W, **kw):
-    kw.setdefault("report_to", [])
-    kw.setdefault("use_cpu", True)
-    return TrainingArguments("unused", lr_scheduler_type=name, lr_scheduler_kwargs=kwargs, warmup_steps=warmup,
-                             learning_rate=LR, **kw)
+    return arguments(lr_scheduler_type=name, lr_scheduler_kwargs=kwargs, warmup_steps=warmup, learning_rate=LR, **kw)
 
 
 def two_groups(opt_cls=torch.optim.SGD):

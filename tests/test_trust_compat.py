@@ -23,6 +23,7 @@ import torch
 
 from optim_registry import deps, list_optimizers, register_optimizer, unregister_optimizer
 from optim_registry.registry import BuiltinReplacedWarning, PluginShadowWarning, optimizers
+from optim_registry.testing import arguments as _args
 from optim_registry.testing import tiny_model as make_tiny
 
 # -- the dependency check -------------------------------------------------------------------------
@@ -354,12 +355,6 @@ _BNB = ["adamw_8bit", "adamw_bnb_8bit", "ademamix", "ademamix_8bit", "lion_32bit
         "paged_adamw_8bit", "paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit",
         "rmsprop_bnb", "rmsprop_bnb_32bit", "rmsprop_bnb_8bit"]
 _AO = ["adamw_torch_4bit", "adamw_torch_8bit"]
-
-
-def _args(optim: str, **kw):
-    from optim_registry import TrainingArguments
-
-    return TrainingArguments("x", optim=optim, report_to=[], use_cpu=True, **kw)
 
 
 @pytest.mark.parametrize("name", _BNB + _AO)

@@ -13,16 +13,13 @@ from transformers.optimization import get_scheduler
 
 from optim_registry import OptimTrainer, TrainingArguments, create_scheduler
 from optim_registry.schedulers import check_scheduler_args, schedulers
-from optim_registry.testing import TokenDataset, tiny_model, training_args
+from optim_registry.testing import TokenDataset, arguments, tiny_model, training_args
 
 N, W, LR = 20, 3, 0.1
 
 
 def targs(name, kwargs=None, warmup=W, **kw):
-    kw.setdefault("report_to", [])
-    kw.setdefault("use_cpu", True)
-    return TrainingArguments("unused", lr_scheduler_type=name, lr_scheduler_kwargs=kwargs, warmup_steps=warmup,
-                             learning_rate=LR, **kw)
+    return arguments(lr_scheduler_type=name, lr_scheduler_kwargs=kwargs, warmup_steps=warmup, learning_rate=LR, **kw)
 
 
 def sgd(lr=LR):

@@ -38,8 +38,8 @@ _DECOUPLE_WD = opt(
 _COMMON = (_DECOUPLE_LR, _KAHAN, _MAX_LR, _TRITON)
 
 #: optimi keeps its step counter as a tensor in each param group, updated in place; the layer-wise engine
-#: shares group tensors across its per-parameter optimizers after a load, so a resumed ``_layerwise``
-#: run would count steps once per parameter. No twins until the engine keeps those tensors apart.
+#: keeps such tensors apart for each per-parameter optimizer after a load (only the lr is shared), so the
+#: ``_layerwise`` twins resume exactly.
 _LAYERWISE_TWINS = True
 
 _CPU_NOTE = (
