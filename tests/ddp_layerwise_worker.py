@@ -13,26 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+# Run as a script by torchrun: this folder is on sys.path.
+from fsdp2_worker import one_process_env
 from torch.nn.parallel import DistributedDataParallel
 
 STEPS = 3
-
-
-@contextlib.contextmanager
-def one_process_env():
-    saved = os.environ.get("WORLD_SIZE")
-    os.environ["WORLD_SIZE"] = "1"
-    try:
-        yield
-    finally:
-        if saved is not None:
-            os.environ["WORLD_SIZE"] = saved
 
 
 def batches(rank: int, ga: int) -> list[dict[str, torch.Tensor]]:
