@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .optim_args import shorten
 from .spec import OptimizerSpec
 
 
@@ -30,20 +31,15 @@ def _load_deepspeed_config(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
-            return _parse_json(text, f"deepspeed={_short(value)}")
+            return _parse_json(text, f"deepspeed={shorten(value)}")
         path = Path(text)
         if path.is_file():
-            return _parse_json(path.read_text(), f"deepspeed={_short(value)} (file {path})")
+            return _parse_json(path.read_text(), f"deepspeed={shorten(value)} (file {path})")
         raise ValueError(
-            f"deepspeed={_short(value)}: no such DeepSpeed config file; give the path of a JSON config, a dict, "
+            f"deepspeed={shorten(value)}: no such DeepSpeed config file; give the path of a JSON config, a dict, "
             'or a JSON object string such as \'{"zero_optimization": {"stage": 2}}\''
         )
     return {}
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 def _parse_json(text: str, what: str) -> dict[str, Any]:
