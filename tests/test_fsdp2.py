@@ -43,16 +43,20 @@ def _installed(item: str) -> bool:
     return not deps.missing(optimizers.get(name).requires)
 
 
-@pytest.fixture(scope="module")
-def fsdp2_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp2") / "results.json"
-    items = [s for s in SPECS + THROUGH_TRAINER if _installed(s)] + ["galore_adamw@hsdp:rank=4", CONTROL]
+def _torchrun(worker: Path, out: Path, items: list[str]) -> dict:
+    """One 2-process torchrun launch of ``worker`` over ``items``; the JSON results it writes to ``out``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(WORKER), str(out), *items]
+           "--master_port", str(_free_port()), str(worker), str(out), *items]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text()), items
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def fsdp2_run(tmp_path_factory):
+    items = [s for s in SPECS + THROUGH_TRAINER if _installed(s)] + ["galore_adamw@hsdp:rank=4", CONTROL]
+    return _torchrun(WORKER, tmp_path_factory.mktemp("fsdp2") / "results.json", items), items
 
 
 def test_every_run_name_trains_exactly_as_one_process(fsdp2_run):
@@ -205,14 +209,8 @@ LAYERWISE_BASES = ["adamw_torch", "galore_adamw:rank=4,update_proj_gap=2"]
 
 @pytest.fixture(scope="module")
 def layerwise_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp_layerwise") / "results.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     bases = [b for b in LAYERWISE_BASES if _installed(b)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(LAYERWISE_WORKER), str(out), *bases]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(out.read_text()), bases
+    return _torchrun(LAYERWISE_WORKER, tmp_path_factory.mktemp("ddp_layerwise") / "results.json", bases), bases
 
 
 def test_layerwise_under_ddp_equals_the_whole_model_run(layerwise_run):
