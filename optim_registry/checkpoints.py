@@ -6,11 +6,16 @@ everything else (``trainer_state.json`` included) and atomically. It holds
 - ``optimizer``: what the optimizer was built from: registry name, class, typed ``optim_args``, the
   ``optim_target_modules`` weights, and per param group the parameter names and settings as built;
 - ``schedule``: the scheduler type, its kwargs, warm-up and the run's length;
-- ``files``: every file of the checkpoint with its size, and a sha256 of the optimizer and scheduler state.
+- ``files``: every file of the checkpoint with its size, and a sha256 of the optimizer and scheduler state;
+  the files inside a ``torch.distributed.checkpoint`` folder (accelerate's FSDP2 ``optimizer_0/`` and
+  ``pytorch_model_fsdp_0/``: one file per rank and ``.metadata``) are listed one by one;
+- ``world_size`` and ``optimizer_state``: how many ranks wrote it and where and how the optimizer state is
+  kept (``optimizer.pt``; FSDP2's ``optimizer.bin`` or ``optimizer_0/``, which resume on any number of ranks).
 
 A checkpoint is *complete* when its manifest is there and every listed file has its listed size, or (for a
 checkpoint written without a manifest: older versions, or a run killed between ``trainer_state.json`` and the
-manifest) when its files are all readable to the end. ``resume_from_checkpoint=True`` takes the newest
+manifest) when its files are all readable to the end and every ``torch.distributed.checkpoint`` folder has its
+``.metadata`` and every rank's file that it names. ``resume_from_checkpoint=True`` takes the newest
 complete checkpoint and warns about newer torn ones; a named torn checkpoint is refused. On resume, another
 optimizer, other options, other target modules or another group layout is one ``ValueError`` before any
 state is loaded; a changed rate, setting or schedule is a warning naming what will be used. Setting
@@ -41,6 +46,10 @@ SCHEDULER_NAME = "scheduler.pt"
 TRAINER_STATE_NAME = "trainer_state.json"
 #: Files whose content is checksummed (the ones this module writes atomically; small next to the weights).
 CHECKSUMMED = (OPTIMIZER_NAME, SCHEDULER_NAME)
+#: What torch.distributed.checkpoint writes last into a folder (rank 0, once every rank's file is written).
+DCP_METADATA = ".metadata"
+#: Folders accelerate saves FSDP state into with torch.distributed.checkpoint (SHARDED_STATE_DICT).
+_DCP_FOLDER = re.compile(r"^(optimizer|pytorch_model_fsdp)_\d+$")
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _TRUE = ("1", "true", "yes", "on")
@@ -220,29 +229,74 @@ def schedule_record(trainer: Any) -> dict[str, Any]:
     }
 
 
+def is_dcp_folder(path: str) -> bool:
+    """Whether ``path`` is (or was being written as) a ``torch.distributed.checkpoint`` folder."""
+    return os.path.isdir(path) and (
+        _DCP_FOLDER.match(os.path.basename(path)) is not None or os.path.isfile(os.path.join(path, DCP_METADATA))
+    )
+
+
+def _checksummed(name: str) -> bool:
+    """Optimizer and scheduler state, in every layout: ``optimizer.pt``, FSDP2's ``optimizer.bin`` and
+    ``optimizer_0/*`` (whose bytes a flipped bit would turn into wrong moments)."""
+    return name in CHECKSUMMED or name.split("/")[0].startswith("optimizer")
+
+
+def optimizer_state_layout(output_dir: str, world_size: int) -> dict[str, Any] | None:
+    """Where a checkpoint keeps the optimizer state and on how many ranks it resumes."""
+    names = sorted(os.listdir(output_dir))
+    if OPTIMIZER_NAME in names:
+        return {"path": OPTIMIZER_NAME, "format": "torch.save", "ranks": world_size}
+    for name in names:
+        path = os.path.join(output_dir, name)
+        if name.startswith("optimizer") and is_dcp_folder(path):
+            # Keyed by parameter name, laid out like the parameters: DCP reshards it for any rank count.
+            return {"path": name, "format": "torch.distributed.checkpoint", "ranks": world_size, "resumes_on": "any"}
+        if name.startswith("optimizer") and name.endswith(".bin") and "_rank" not in name:
+            return {"path": name, "format": "full state dict (rank 0)", "ranks": world_size, "resumes_on": "any"}
+    rank_files = [n for n in names if n.startswith("optimizer") and "_rank" in n]
+    if rank_files:  # accelerate's use_dcp=False: each rank's own part, for the same rank count only
+        return {"path": rank_files, "format": "one torch.save per rank", "ranks": world_size,
+                "resumes_on": world_size}
+    return None
+
+
 def write_manifest(trainer: Any, output_dir: str) -> None:
     """The manifest of a checkpoint just written: last, atomically, only by the process that saves."""
     if not trainer.args.should_save or not os.path.isdir(output_dir):
         return
     files: dict[str, dict[str, Any]] = {}
-    multi = int(getattr(trainer.args, "world_size", 1) or 1) > 1
+    world = int(getattr(trainer.args, "world_size", 1) or 1)
     for name in sorted(os.listdir(output_dir)):
         path = os.path.join(output_dir, name)
+        if is_dcp_folder(path):
+            # Each rank's file and the .metadata rank 0 wrote after all of them (DCP's save is collective).
+            for inner in sorted(os.listdir(path)):
+                if os.path.isfile(os.path.join(path, inner)):
+                    files[f"{name}/{inner}"] = _file_entry(os.path.join(path, inner), f"{name}/{inner}")
+            continue
         # Other ranks write their own RNG files, possibly still now: not the saving process's to vouch for.
         if name == MANIFEST_NAME or name.startswith(".") or not os.path.isfile(path) or (
-            multi and name.startswith("rng_state")
+            world > 1 and name.startswith("rng_state")
         ):
             continue
-        entry: dict[str, Any] = {"size": os.path.getsize(path)}
-        if name in CHECKSUMMED:
-            entry["sha256"] = sha256_of(path)
-        files[name] = entry
-    manifest: dict[str, Any] = {"format": FORMAT, "files": files}
+        files[name] = _file_entry(path, name)
+    manifest: dict[str, Any] = {"format": FORMAT, "files": files, "world_size": world}
+    layout = optimizer_state_layout(output_dir, world)
+    if layout is not None:
+        manifest["optimizer_state"] = layout
     # save_only_model checkpoints hold no optimizer state: nothing to compare a resume against.
     if trainer.optimizer is not None and not getattr(trainer.args, "save_only_model", False):
         manifest["optimizer"] = optimizer_record(trainer, unwrap_optimizer(trainer.optimizer))
         manifest["schedule"] = schedule_record(trainer)
     write_json_atomic(os.path.join(output_dir, MANIFEST_NAME), manifest)
+
+
+def _file_entry(path: str, name: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"size": os.path.getsize(path)}
+    if _checksummed(name):
+        entry["sha256"] = sha256_of(path)
+    return entry
 
 
 # ----------------------------------------------------------------------------------------- completeness
@@ -295,6 +349,30 @@ def _json_problem(path: str) -> str | None:
     return None
 
 
+def _dcp_problem(folder: str) -> str | None:
+    """Why a ``torch.distributed.checkpoint`` folder is not whole: no ``.metadata`` (rank 0 writes it once every
+    rank's file is written), or a rank's file it names missing or shorter than the data it locates there."""
+    name = os.path.basename(folder)
+    if not os.path.isfile(os.path.join(folder, DCP_METADATA)):
+        return f"{name}/{DCP_METADATA} is missing (torch.distributed.checkpoint writes it last)"
+    try:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        metadata = FileSystemReader(folder).read_metadata()
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means it is not whole
+        return f"{name}/{DCP_METADATA} is unreadable ({type(exc).__name__}: {exc})"
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for relative, end in sorted(needed.items()):
+        path = os.path.join(folder, relative)
+        if not os.path.isfile(path):
+            return f"{name}/{relative} is missing (one rank's part of the state)"
+        if os.path.getsize(path) < end:
+            return f"{name}/{relative} is cut short: it has {os.path.getsize(path)} bytes, its data needs {end}"
+    return None
+
+
 def _structure_problem(checkpoint: str) -> str | None:
     """Why a checkpoint without a manifest cannot be resumed (None: every file reads to its end)."""
     state = os.path.join(checkpoint, TRAINER_STATE_NAME)
@@ -313,6 +391,11 @@ def _structure_problem(checkpoint: str) -> str | None:
         return f"{missing} is missing"
     for name in sorted(names):
         path = os.path.join(checkpoint, name)
+        if is_dcp_folder(path):
+            problem = _dcp_problem(path)
+            if problem:
+                return problem
+            continue
         if not os.path.isfile(path):
             continue
         problem = None
@@ -338,7 +421,7 @@ def torn_reason(checkpoint: str) -> str | None:
     if manifest is None:
         return _structure_problem(checkpoint)
     for name, entry in (manifest.get("files") or {}).items():
-        path = os.path.join(checkpoint, name)
+        path = os.path.join(checkpoint, *name.split("/"))
         if not os.path.isfile(path):
             return f"{name} is missing"
         size = os.path.getsize(path)
@@ -412,6 +495,41 @@ def restart_requested(trainer: Any) -> bool:
 def _show(value: Any) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def check_rank_count(manifest: dict[str, Any], world_size: int, checkpoint: str) -> None:
+    """Refuse, before anything is loaded, optimizer state that cannot resume on this number of ranks.
+
+    An FSDP2 checkpoint through ``torch.distributed.checkpoint`` (``optimizer_0/``) or a full state dict
+    (``optimizer.bin``) resumes on any number; accelerate's per-rank files (``use_dcp=False``) and a name
+    whose record says its FSDP2 state cannot be resharded (``distributed.fsdp2_checkpoint``) only on the
+    number that wrote them.
+    """
+    saved = manifest.get("world_size")
+    if not isinstance(saved, int) or saved == world_size:
+        return
+    name = (manifest.get("optimizer") or {}).get("name")
+    layout = manifest.get("optimizer_state") or {}
+    why = None
+    if isinstance(layout.get("resumes_on"), int):
+        why = (f"its optimizer state is one file per rank ({layout.get('path')}, accelerate's use_dcp=False), "
+               f"which loads on {saved} ranks only")
+    elif name is not None and layout.get("format") != OPTIMIZER_NAME:
+        from .registry import optimizers
+
+        try:
+            verdict = optimizers.get(name).distributed.fsdp2_checkpoint
+        except (KeyError, ValueError, ImportError):
+            verdict = True
+        if verdict is not True:
+            why = f"its optimizer state cannot be resharded ({verdict})"
+    if why:
+        raise ValueError(
+            f"Checkpoint {checkpoint} of optim={name!r} under FSDP2 was written by {saved} ranks and this run has "
+            f"{world_size}: {why}. Resume it on {saved} ranks, or save through torch.distributed.checkpoint "
+            "(fsdp_config state_dict_type SHARDED_STATE_DICT or FULL_STATE_DICT, without use_dcp=False), which "
+            "resumes on any number of ranks."
+        )
 
 
 def _way_out() -> str:
@@ -515,7 +633,7 @@ def verify_checksums(checkpoint: str, manifest: dict[str, Any]) -> None:
     """Refuse a state file whose bytes are not the ones saved (a flipped bit loads and spreads NaN)."""
     for name, entry in (manifest.get("files") or {}).items():
         expected = entry.get("sha256")
-        path = os.path.join(checkpoint, name)
+        path = os.path.join(checkpoint, *name.split("/"))
         if expected is None or not os.path.isfile(path):
             continue
         actual = sha256_of(path)
@@ -671,6 +789,7 @@ class CheckpointMixin(_TrainerBase):
             if manifest is not None:
                 # Before the weights are loaded: a refused resume leaves the model as it was.
                 verify_checksums(resume_from_checkpoint, manifest)
+                check_rank_count(manifest, int(getattr(self.args, "world_size", 1) or 1), resume_from_checkpoint)
                 self._registry_verified = resume_from_checkpoint
             self._check_asked(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)

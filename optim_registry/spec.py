@@ -138,6 +138,11 @@ class Distributed:
     ``"owner"`` the library's own step on whole tensors, each on one owner rank
     (``optim_registry.sharded.OwnerStepped``; exact for any optimizer that updates each parameter from
     its own gradient and state), ``"native"`` the optimizer shards its whole-matrix math itself.
+
+    ``fsdp2_checkpoint`` says whether its FSDP2 state goes through ``torch.distributed.checkpoint``'s
+    ``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` (accelerate's FSDP2 checkpoints) without
+    changing training and resumes exactly on any number of ranks (``True``), or why not (a resume on
+    another rank count is then refused with a ``ValueError``).
     """
 
     ddp: bool | str = True
@@ -147,6 +152,7 @@ class Distributed:
     zero3: bool | str = True
     fsdp2: bool | str = True
     fsdp2_math: str = "owner"
+    fsdp2_checkpoint: bool | str = True
 
     def __post_init__(self) -> None:
         if self.fsdp2_math not in FSDP2_MATH:
