@@ -7,6 +7,11 @@ Each rank trains on its own batches (so the average matters), with gradient accu
 by bucket while backward still runs). Rank 0 writes, per name and accumulation, the largest
 difference to the whole-model run and between the ranks. Then the same through ``OptimTrainer``
 (accelerate wraps DDP), and the error a layer-wise optimizer raises on DDP without ``attach_ddp``.
+
+Two DDP settings on top (``name/unused``, ``name/view``): ``find_unused_parameters=True`` with one extra
+module only rank 0 uses and one no rank uses (whole-model DDP leaves the latter without a gradient, so its
+optimizer never touches it: weight decay and momentum must not move it layer-wise either), and
+``gradient_as_bucket_view=True`` (the gradients are views into DDP's buckets).
 """
 
 from __future__ import annotations
@@ -37,15 +42,37 @@ def batches(rank: int, ga: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def train(name: str, optim_args: str | None, ga: int, rank: int, attach: bool = True) -> dict[str, torch.Tensor]:
+class WithExtras(torch.nn.Module):
+    """The tiny Llama plus ``extra`` (in the loss on rank 0 only) and ``unused`` (in no rank's loss)."""
+
+    def __init__(self) -> None:
+        from optim_registry.testing import tiny_model
+
+        super().__init__()
+        self.lm = tiny_model()
+        torch.manual_seed(1)
+        self.extra = torch.nn.Linear(16, 16)
+        self.unused = torch.nn.Linear(16, 16)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> Any:
+        out = self.lm(input_ids=input_ids, labels=labels)
+        if dist.get_rank() == 0:
+            out.loss = out.loss + self.extra(self.lm.model.embed_tokens.weight[:4]).pow(2).mean()
+        return out
+
+
+def train(name: str, optim_args: str | None, ga: int, rank: int, attach: bool = True,
+          setting: str = "") -> dict[str, torch.Tensor]:
     from optim_registry import create_optimizer
     from optim_registry.testing import tiny_model, training_args
 
     with one_process_env():
         args = training_args(name, "/tmp/unused", optim_args, gradient_accumulation_steps=ga)
-    model = tiny_model()
+    model = WithExtras() if setting == "unused" else tiny_model()
     optimizer = create_optimizer(args, model)
-    ddp = DistributedDataParallel(model, bucket_cap_mb=0.002)  # a few kB: many buckets
+    ddp = DistributedDataParallel(model, bucket_cap_mb=0.002,  # a few kB: many buckets
+                                  find_unused_parameters=setting == "unused",
+                                  gradient_as_bucket_view=setting == "view")
     if attach and hasattr(optimizer, "attach_ddp"):
         optimizer.attach_ddp(ddp)
     micro = batches(rank, ga)
@@ -95,6 +122,17 @@ def main() -> None:
                 "params": len(whole),
                 "ranks": rank_gap(layerwise),
             }
+        for setting in ("unused", "view"):
+            whole = train(name, optim_args or None, 2, rank, setting=setting)
+            layerwise = train(name + "_layerwise", optim_args or None, 2, rank, setting=setting)
+            start = {n: p.detach().clone() for n, p in (WithExtras() if setting == "unused" else _tiny()).named_parameters()}
+            results[f"{name}_layerwise/{setting}"] = {
+                "vs_whole": max((layerwise[n] - whole[n]).abs().max().item() for n in whole),
+                "moved": sorted(n for n in start if not torch.equal(layerwise[n], start[n])),
+                "whole_moved": sorted(n for n in start if not torch.equal(whole[n], start[n])),
+                "params": len(whole),
+                "ranks": rank_gap(layerwise),
+            }
     whole, layerwise = trainer_run("adamw_torch", rank), trainer_run("adamw_torch_layerwise", rank)
     results["trainer/adamw_torch_layerwise/ga2"] = {
         "vs_whole": max((layerwise[n] - whole[n]).abs().max().item() for n in whole),
@@ -114,10 +152,14 @@ def main() -> None:
     dist.destroy_process_group()
 
 
-def _start() -> dict[str, torch.Tensor]:
+def _tiny() -> Any:
     from optim_registry.testing import tiny_model
 
-    return dict(tiny_model().named_parameters())
+    return tiny_model()
+
+
+def _start() -> dict[str, torch.Tensor]:
+    return dict(_tiny().named_parameters())
 
 
 if __name__ == "__main__":

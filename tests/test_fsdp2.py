@@ -43,11 +43,11 @@ def _installed(item: str) -> bool:
     return not deps.missing(optimizers.get(name).requires)
 
 
-def _torchrun(worker: Path, out: Path, items: list[str]) -> dict:
-    """One 2-process torchrun launch of ``worker`` over ``items``; the JSON results it writes to ``out``."""
+def _torchrun(worker: Path, out: Path, items: list[str], nproc: int = 2) -> dict:
+    """One ``nproc``-process torchrun launch of ``worker`` over ``items``; the JSON results it writes to ``out``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(worker), str(out), *items]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(out), *items]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
@@ -222,6 +222,20 @@ def test_layerwise_under_ddp_equals_the_whole_model_run(layerwise_run):
             assert r["ranks"] == 0.0, r  # every rank applied the same averaged update
             assert r["vs_whole"] < 1e-5, r
             assert r["moved"] == r["params"], r
+
+
+def test_layerwise_under_ddp_with_unused_parameters_and_bucket_views(layerwise_run):
+    results, bases = layerwise_run
+    for base in bases:
+        name = base.partition(":")[0]
+        unused = results[f"{name}_layerwise/unused"]
+        # find_unused_parameters=True: `extra` (used on rank 0 only) is stepped on every rank with the average,
+        # `unused` (used nowhere) is not stepped at all, as whole-model DDP leaves it without a gradient.
+        assert unused["vs_whole"] == 0.0 and unused["ranks"] == 0.0, unused
+        assert unused["moved"] == unused["whole_moved"], unused
+        assert "extra.weight" in unused["moved"] and not any(n.startswith("unused.") for n in unused["moved"])
+        view = results[f"{name}_layerwise/view"]  # gradient_as_bucket_view=True
+        assert view["vs_whole"] == 0.0 and view["ranks"] == 0.0 and len(view["moved"]) == view["params"], view
 
 
 def test_layerwise_under_ddp_through_the_trainer(layerwise_run):
