@@ -386,6 +386,10 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         return layerwise_factory(ctx, cls, kwargs)
     if fsdp2 and spec.distributed.fsdp2_math == "owner":
         cls = owner_stepped(spec, cls)
+    elif fsdp2 and spec.protocol == "train_eval" and not is_factory(cls):
+        from .sharded import train_mode_init_class
+
+        cls = train_mode_init_class(cls)  # accelerate's FSDP2 resume steps a fresh one, still in eval mode
     return cls, kwargs
 
 

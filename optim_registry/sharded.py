@@ -22,7 +22,8 @@ single-process update exactly, because the owner computes on the very tensor one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ from torch.optim import Optimizer
 __all__ = [
     "Layout",
     "OwnerStepped",
+    "TrainModeInit",
     "assign_owners",
     "fsdp2_parameters",
     "gather_to_owners",
@@ -40,6 +42,7 @@ __all__ = [
     "layout_of",
     "owner_stepped_class",
     "scatter_from_owners",
+    "train_mode_init_class",
     "whole_matrix_map",
 ]
 
@@ -239,6 +242,10 @@ def whole_matrix_map(
     return scatter_from_owners(results, layouts, owners, like)
 
 
+#: The first param group's key for library state that is not keyed by a parameter (see ``OwnerStepped.state_dict``).
+GLOBAL_STATE = "optim_registry_global_state"
+
+
 class OwnerStepped(Optimizer):
     """A per-parameter optimizer run on whole tensors on their owner rank, for FSDP2-sharded parameters.
 
@@ -250,8 +257,24 @@ class OwnerStepped(Optimizer):
     ``param_groups`` hold the real (sharded) parameters, so the Trainer's scheduler and
     ``zero_grad`` act on them; their hyperparameters are copied into the library's groups each step.
 
-    The state of each parameter lives on its owner: ``state_dict()`` is this rank's part and resumes on
-    the same number of ranks.
+    The library's state of each parameter lives on its owner. The standard surface that
+    ``torch.distributed.checkpoint``'s ``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` (what
+    accelerate's FSDP2 checkpointing calls) relies on is kept:
+
+    * ``state`` is keyed by the real parameters and holds every parameter stepped so far, on every rank
+      (``state[p]`` is the library's state of the whole tensor on ``p``'s owner, ``{}`` elsewhere), so DCP
+      never "initialises" a stepped optimizer with a hidden zero-gradient step;
+    * ``state_dict()`` is collective (every rank calls it, as DCP does) and the same on any number of
+      ranks: each parameter's state laid out like the parameter. A state tensor of the parameter's shape
+      is a DTensor sharded like it (the owner scatters the rows); every other tensor (a projector, a
+      factored moment, a step count, quantisation blocks) is a plain tensor replicated on every rank; other
+      values are the same on every rank. DCP can therefore save it sharded and load it on another
+      number of ranks;
+    * ``load_state_dict()`` takes that layout from any rank count (DTensors, or whole plain tensors as a
+      full state dict holds them) and rebuilds each parameter's state on its owner here;
+    * the step DCP runs on a fresh optimizer (every gradient zero, every rate 0) steps the library on the
+      owners' whole copies only and never writes the parameters back: it must not move a model that was
+      just loaded.
     """
 
     inner_cls: Any = None
@@ -264,6 +287,10 @@ class OwnerStepped(Optimizer):
         owners = assign_owners([self._layouts[i] for i in sharded])
         self._owner = {i: o for i, o in zip(sharded, owners, strict=True)}
         self._rank = self._layouts[sharded[0]].rank if sharded else 0
+        self._group = self._layouts[sharded[0]].group if sharded else None
+        self._index = {id(p): i for i, p in enumerate(real)}
+        #: Positions of the parameters with library state: stepped (or loaded) on every rank alike.
+        self._has_state: set[int] = set()
         self._shadow: list[Tensor] = []
         for i, p in enumerate(real):
             if i not in self._owner:
@@ -287,6 +314,18 @@ class OwnerStepped(Optimizer):
             k += n
         super().__init__(outer, dict(self.inner.defaults))
 
+    @property  # type: ignore[override]
+    def state(self) -> Mapping[Any, Any]:
+        return _OwnerState(self)
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        # torch's Optimizer.__init__ (and unpickling) assign an empty state: the library's is the one kept.
+        pass
+
+    def _real(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
     def _refresh_owned(self, real: Sequence[Tensor]) -> None:
         """Copy the current weights into this rank's whole copies (they may have been loaded or edited)."""
         idx = sorted(self._owner)
@@ -308,6 +347,26 @@ class OwnerStepped(Optimizer):
                 if key != "params":
                     dst[key] = value
 
+    def _initialising(self, real: Sequence[Tensor]) -> bool:
+        """Whether this is the step DCP's ``_init_optim_state`` runs on a fresh optimizer: nothing stepped
+        yet, every rate 0 and every gradient zero on every rank (a real first step at a warm-up's lr 0
+        has gradients, and Adafactor's relative step moves weights whatever the rate)."""
+        if self._has_state:
+            return False
+        for group in self.param_groups:
+            lr = group.get("lr")
+            if lr is not None and float(lr) != 0.0:
+                return False
+        nonzero = any(bool((p.grad.to_local() if is_dtensor(p.grad) else p.grad).any())
+                      for p in real if p.grad is not None)
+        if self._group is not None:
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(nonzero)], device=_local_device(real))
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+            nonzero = bool(flag.item())
+        return not nonzero
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Gather each owned parameter and gradient whole, step the library optimizer, scatter the shards."""
@@ -316,10 +375,11 @@ class OwnerStepped(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._sync_groups(into_library=True)
-        real = [p for g in self.param_groups for p in g["params"]]
+        real = self._real()
         if not self.__dict__.get("_overrides_carried"):
             _carry_bnb_overrides(real, self._shadow)
             self._overrides_carried = True
+        initialising = self._initialising(real)
         idx = [i for i in sorted(self._owner) if real[i].grad is not None]
         layouts = [self._layouts[i] for i in idx]
         owners = [self._owner[i] for i in idx]
@@ -333,11 +393,20 @@ class OwnerStepped(Optimizer):
                 shadow = self._shadow[idx[j]]
                 shadow.copy_(full[j])
                 shadow.grad = full[j + n].to(shadow.dtype)
-        for i, p in enumerate(real):
-            if i not in self._owner:
-                self._shadow[i].grad = p.grad  # the replicated parameter is its own shadow
+        replicated = [i for i, p in enumerate(real) if i not in self._owner and p.grad is not None]
+        for i in replicated:
+            self._shadow[i].grad = real[i].grad  # the replicated parameter is its own shadow
+        kept = {i: real[i].detach().clone() for i in replicated} if initialising else {}
         self.inner.step()
         self._sync_groups(into_library=False)
+        self._has_state.update(idx, replicated)
+        if initialising:
+            # DCP's initialising step: the library's state now exists, the model stays as it is.
+            for i, value in kept.items():
+                real[i].copy_(value)
+            for i in idx:
+                self._shadow[i].grad = None
+            return loss
         results = {j: self._shadow[idx[j]] for j in range(n) if j in full}
         new = scatter_from_owners(results, layouts, owners, [real[i].to_local() for i in idx])
         for j, i in enumerate(idx):
@@ -347,23 +416,60 @@ class OwnerStepped(Optimizer):
         return loss
 
     def state_dict(self) -> dict[str, Any]:
-        """The library's state of the parameters this rank owns (keyed as in one process)."""
-        sd = self.inner.state_dict()
-        sd["state"] = {k: v for k, v in sd["state"].items() if not _on_meta(v)}
-        sd["fsdp2_owner_rank"] = self._rank
-        return sd
+        """The library's state of every parameter, laid out like the parameters (collective: every rank calls it).
+
+        Keyed by position, as torch's ``state_dict``; the same on every rank but for each DTensor's rows.
+        State-dict hooks registered on this optimizer (a record's adapter) act on the library's whole state.
+        """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        self._sync_groups(into_library=True)  # the rates the scheduler set since the last step
+        inner = self.inner.state_dict()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            inner = post_hook(self, inner) or inner
+        real = self._real()
+        mine = {i: v for i, v in inner["state"].items() if i in self._has_state and i in self._owner
+                and self._owner[i] == self._rank}
+        state = {i: v for i, v in inner["state"].items() if i in self._has_state and i not in self._owner}
+        state.update(_laid_out(mine, real, self._layouts, self._owner, self._rank, self._group,
+                               getattr(self, "optim_registry_name", type(self.inner).__name__)))
+        groups = inner["param_groups"]
+        shared = {k: v for k, v in inner["state"].items() if not isinstance(k, int)}
+        if shared and groups:
+            # State not keyed by a parameter (MADGRAD's step count "k"): every rank steps the library alike, so it is
+            # the same everywhere; DCP maps every state key to a parameter name, so it travels in the first group.
+            groups = [{**groups[0], GLOBAL_STATE: shared}, *groups[1:]]
+        return {"state": dict(sorted(state.items())), "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        rank = state_dict.pop("fsdp2_owner_rank", self._rank)
-        if rank != self._rank:
+        """Load what ``state_dict()`` gives, from any number of ranks (collective: every rank calls it)."""
+        groups = state_dict["param_groups"]
+        ids = [pid for g in groups for pid in g["params"]]
+        real = self._real()
+        if len(ids) != len(real):
             raise ValueError(
-                f"this optimizer state was saved by rank {rank} of an FSDP2 run and is loaded on rank "
-                f"{self._rank}; each rank loads its own part (same number of ranks)."
+                f"this optimizer state holds {len(ids)} parameters in {len(groups)} param group(s); the "
+                f"optimizer has {len(real)} in {len(self.param_groups)}: it was saved by another model or group layout."
             )
-        self.inner.load_state_dict(state_dict)
+        position = {pid: k for k, pid in enumerate(ids)}
+        saved = state_dict["state"]
+        unknown = [pid for pid in saved if pid not in position]
+        if unknown:
+            raise ValueError(f"this optimizer state holds state for parameters its param groups do not list: {unknown[:4]}")
+        _same_on_every_rank(saved, self._group)
+        whole: dict[str, Any] = {"state": _owned_state(saved, position, self._owner, self._rank), "param_groups": groups}
+        if groups and GLOBAL_STATE in groups[0]:
+            first = dict(groups[0])
+            whole["state"].update(first.pop(GLOBAL_STATE))
+            whole["param_groups"] = [first, *groups[1:]]
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            whole = pre_hook(self, whole) or whole
+        self.inner.load_state_dict(whole)
         for outer, inner in zip(self.param_groups, self.inner.param_groups, strict=True):
             outer.update({k: v for k, v in inner.items() if k != "params"})
+        self._has_state = {position[pid] for pid in saved}
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def __getattr__(self, name: str) -> Any:
         # Public library extras (schedule-free's train()/eval(), ...) act on the library optimizer;
@@ -372,6 +478,248 @@ class OwnerStepped(Optimizer):
         if inner is None or name.startswith("_"):
             raise AttributeError(name)
         return getattr(inner, name)
+
+
+class _OwnerState(Mapping):
+    """``OwnerStepped.state``: the parameters with library state, keyed by the real (sharded) parameters.
+
+    The same keys on every rank; ``state[p]`` is the library's state of the whole tensor on ``p``'s owner
+    and ``{}`` on the other ranks (and for a parameter without state, as a ``defaultdict`` would give).
+    """
+
+    def __init__(self, optimizer: OwnerStepped) -> None:
+        self._opt = optimizer
+
+    def __len__(self) -> int:
+        return len(self._opt._has_state)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        real = self._opt._real()
+        return iter([real[i] for i in sorted(self._opt._has_state)])
+
+    def __contains__(self, param: object) -> bool:
+        return self._opt._index.get(id(param)) in self._opt._has_state
+
+    def __getitem__(self, param: Any) -> dict[str, Any]:
+        i = self._opt._index.get(id(param))
+        if i is None or i not in self._opt._has_state:
+            return {}
+        shadow = self._opt._shadow[i]
+        if shadow.device.type == "meta":
+            return {}
+        return self._opt.inner.state.get(shadow, {})
+
+    def __repr__(self) -> str:
+        return f"<state of {len(self)} parameters, each on its owner rank>"
+
+
+# ----------------------------------------------------------------------------------------- state layout
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a tensor of one parameter's state goes in the exchange: scattered like the parameter
+    (``shard``) or broadcast whole from the owner; its shape and dtype."""
+
+    shard: bool
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class _Scalar:
+    """A 0-d state tensor (a step count) sent with the structure; ``cpu``: where it lived on the owner."""
+
+    value: Tensor
+    cpu: bool
+
+
+def _skeleton(value: Any, shape: torch.Size, tensors: list[Tensor]) -> Any:
+    """``value`` with each tensor of one or more dimensions replaced by a ``_Slot`` (appended to ``tensors``)."""
+    if isinstance(value, Tensor) and type(value) not in (Tensor, torch.nn.Parameter):
+        raise TypeError(type(value).__name__)
+    if isinstance(value, Tensor):
+        if value.ndim == 0:
+            return _Scalar(value.detach().cpu().clone(), value.device.type == "cpu")
+        tensors.append(value)
+        return _Slot(tuple(value.shape) == tuple(shape), tuple(value.shape), value.dtype)
+    if isinstance(value, dict):
+        return {k: _skeleton(v, shape, tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_skeleton(v, shape, tensors) for v in value)
+    return value
+
+
+def _fill(skeleton: Any, tensors: Iterator[Any], device: torch.device) -> Any:
+    if isinstance(skeleton, _Slot):
+        return next(tensors)
+    if isinstance(skeleton, _Scalar):
+        return skeleton.value.clone() if skeleton.cpu else skeleton.value.to(device)
+    if isinstance(skeleton, dict):
+        return {k: _fill(v, tensors, device) for k, v in skeleton.items()}
+    if isinstance(skeleton, (list, tuple)):
+        return type(skeleton)(_fill(v, tensors, device) for v in skeleton)
+    return skeleton
+
+
+def _slots(skeleton: Any) -> list[_Slot]:
+    if isinstance(skeleton, _Slot):
+        return [skeleton]
+    if isinstance(skeleton, dict):
+        return [s for v in skeleton.values() for s in _slots(v)]
+    if isinstance(skeleton, (list, tuple)):
+        return [s for v in skeleton for s in _slots(v)]
+    return []
+
+
+def _local_device(real: Sequence[Tensor]) -> torch.device:
+    for p in real:
+        return p.to_local().device if is_dtensor(p) else p.device
+    return torch.device("cpu")
+
+
+def _laid_out(mine: dict[int, Any], real: Sequence[Tensor], layouts: Sequence[Layout | None],
+              owners: dict[int, int], rank: int, group: Any, name: str) -> dict[int, Any]:
+    """Every sharded parameter's state on every rank, from the owners' whole state (``mine``: this rank's).
+
+    One ``all_gather_object`` carries the structure (keys, plain values, step counts, each tensor's shape and
+    dtype); then one ``scatter`` per (owner, dtype) sends every rank its rows of the parameter-shaped tensors
+    and one ``broadcast`` per (owner, dtype) sends the other tensors whole.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    if group is None:
+        return {}
+    device = _local_device(real)
+    own_tensors: dict[int, list[Tensor]] = {}
+    skeletons: dict[int, Any] = {}
+    problem = None
+    try:
+        for i, value in mine.items():
+            own_tensors[i] = []
+            skeletons[i] = _skeleton(value, real[i].shape, own_tensors[i])
+    except TypeError as exc:  # refused below on every rank alike, not on the owner alone
+        problem = str(exc)
+    everyone: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, (skeletons, problem), group=group)
+    problems = sorted({p for _, p in everyone if p})
+    if problems:
+        raise ValueError(
+            f"optim={name!r} under FSDP2: its state holds {', '.join(problems)} tensors (a tensor subclass), which "
+            "cannot be laid out like the parameters for torch.distributed.checkpoint, so its FSDP2 checkpoints are "
+            "not supported. Train it unsharded, or choose a name whose FSDP2 checkpoints work (docs/distributed.md)."
+        )
+    structure = {i: s for part, _ in everyone for i, s in part.items()}
+    order = sorted(structure)
+    # Parameter-shaped tensors: this rank's rows, scattered by the owner as a step scatters weights.
+    shard_keys = [(i, k) for i in order for k, slot in enumerate(_slots(structure[i])) if slot.shard]
+    full = {j: own_tensors[i][k] for j, (i, k) in enumerate(shard_keys) if owners[i] == rank}
+    like = [torch.empty(0, dtype=_slots(structure[i])[k].dtype, device=device) for i, k in shard_keys]
+    rows = scatter_from_owners(full, [layouts[i] for i, _ in shard_keys], [owners[i] for i, _ in shard_keys], like)
+    sent: dict[tuple[int, int], Tensor] = {}
+    for (i, k), local in zip(shard_keys, rows, strict=True):
+        p = real[i]
+        sent[i, k] = DTensor.from_local(local.clone(), p.device_mesh, p.placements, run_check=False,
+                                        shape=p.shape, stride=p.stride())
+    # Everything else whole on every rank: one flat buffer per (owner, dtype).
+    whole_keys = [(i, k) for i in order for k, slot in enumerate(_slots(structure[i])) if not slot.shard]
+    buckets: dict[tuple[int, str], list[tuple[int, int]]] = {}
+    for i, k in whole_keys:
+        buckets.setdefault((owners[i], str(_slots(structure[i])[k].dtype)), []).append((i, k))
+    for (owner, _), keys in sorted(buckets.items()):
+        slots = [_slots(structure[i])[k] for i, k in keys]
+        sizes = [math.prod(s.shape) for s in slots]
+        if owner == rank:
+            flat = torch.cat([own_tensors[i][k].detach().reshape(-1).to(device) for i, k in keys])
+        else:
+            flat = torch.empty(sum(sizes), dtype=slots[0].dtype, device=device)
+        dist.broadcast(flat, src=dist.get_global_rank(group, owner), group=group)
+        for (i, k), slot, piece in zip(keys, slots, flat.split(sizes), strict=True):
+            sent[i, k] = piece.view(slot.shape).clone()
+    out = {}
+    for i in order:
+        count = len(_slots(structure[i]))
+        out[i] = _fill(structure[i], iter([sent[i, k] for k in range(count)]), device)
+    return out
+
+
+def _signature(value: Any) -> Any:
+    """What must agree between ranks before a load's collectives: structure, shapes, dtypes, DTensor or not."""
+    if isinstance(value, Tensor):
+        return ("DTensor" if is_dtensor(value) else "Tensor", tuple(value.shape), str(value.dtype))
+    if isinstance(value, dict):
+        return {str(k): _signature(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_signature(v) for v in value]
+    return type(value).__name__
+
+
+def _same_on_every_rank(saved: dict[Any, Any], group: Any) -> None:
+    """Refuse, on every rank alike, a state dict that is not the same on every rank (one rank's part missing)."""
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    mine = {str(pid): _signature(v) for pid, v in saved.items()}
+    everyone: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(everyone, mine, group=group)
+    for r, theirs in enumerate(everyone):
+        if theirs != everyone[0]:
+            missing = sorted(set(everyone[0]) ^ set(theirs))
+            differing = missing or sorted(k for k in theirs if theirs[k] != everyone[0].get(k))
+            raise ValueError(
+                f"the optimizer state given to rank {r} differs from rank 0's (parameters {differing[:4]}): an "
+                "FSDP2 optimizer state dict holds every parameter's state on every rank, so a part is missing "
+                "(a checkpoint with one rank's state dropped?). Resume from a complete checkpoint."
+            )
+
+
+def _owned_state(saved: dict[Any, Any], position: dict[Any, int], owners: dict[int, int], rank: int) -> dict[Any, Any]:
+    """The library state this rank keeps: whole tensors of the parameters it owns (and of unsharded ones).
+
+    DTensor entries are gathered to the owner, one ``gather`` per (owner, dtype) for all of them.
+    """
+    gathered: list[tuple[Any, list[Any]]] = []
+    for pid in sorted(saved, key=lambda q: position[q]):
+        leaves: list[Any] = []
+        _leaves(saved[pid], leaves)
+        gathered.append((pid, leaves))
+    dts = [(pid, j, leaf) for pid, leaves in gathered for j, leaf in enumerate(leaves) if is_dtensor(leaf)]
+    for _, _, leaf in dts:
+        layout_of(leaf, "a state tensor")  # FSDP2's layout, as the template gives it
+    whole = gather_to_owners([leaf.to_local() for _, _, leaf in dts], [layout_of(leaf) for _, _, leaf in dts],
+                             [owners.get(position[pid], rank) for pid, _, _ in dts])
+    replace = {(pid, j): whole.get(n) for n, (pid, j, _) in enumerate(dts)}
+    out = {}
+    for pid, leaves in gathered:
+        i = position[pid]
+        if i in owners and owners[i] != rank:
+            continue
+        fixed = [replace[pid, j] if (pid, j) in replace else leaf for j, leaf in enumerate(leaves)]
+        out[pid] = _rebuild(saved[pid], iter(fixed))
+    return out
+
+
+def _leaves(value: Any, out: list[Any]) -> None:
+    if isinstance(value, dict):
+        for v in value.values():
+            _leaves(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _leaves(v, out)
+    elif isinstance(value, Tensor):
+        out.append(value)
+
+
+def _rebuild(value: Any, leaves: Iterator[Any]) -> Any:
+    if isinstance(value, dict):
+        return {k: _rebuild(v, leaves) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rebuild(v, leaves) for v in value)
+    if isinstance(value, Tensor):
+        return next(leaves)
+    return value
 
 
 def _carry_bnb_overrides(real: Sequence[Tensor], shadow: Sequence[Tensor]) -> None:
@@ -390,21 +738,48 @@ def _carry_bnb_overrides(real: Sequence[Tensor], shadow: Sequence[Tensor]) -> No
             manager.override_config(shadow[i], key_value_dict=dict(config))
 
 
-def _on_meta(value: Any) -> bool:
-    if isinstance(value, Tensor):
-        return value.device.type == "meta"
-    if isinstance(value, dict):
-        return any(_on_meta(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_on_meta(v) for v in value)
-    return False
-
-
 def _as_groups(params: Any) -> list[dict[str, Any]]:
     items = list(params)
     if items and isinstance(items[0], dict):
         return [dict(g, params=list(g["params"])) for g in items]
     return [{"params": items}]
+
+
+class TrainModeInit:
+    """A schedule-free optimizer whose DCP initialising step is taken in train mode.
+
+    Schedule-free optimizers are built in eval mode and refuse ``step()`` there; a fresh one is exactly what
+    ``torch.distributed.checkpoint``'s ``_init_optim_state`` steps (no state yet, every gradient zero, every rate
+    0) when accelerate loads an FSDP2 checkpoint, before the Trainer's first ``train()``. That step is taken in
+    train mode and the mode put back: with no state, zero gradients and lr 0 neither the switches nor the step
+    move a weight, and the checkpoint's groups (mode included) and state replace what it created. Any other
+    step in eval mode is refused by the library as before.
+    """
+
+    state: Any
+    param_groups: list[dict[str, Any]]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        initialising = (
+            not self.state
+            and not all(g.get("train_mode", True) for g in self.param_groups)
+            and all(float(g.get("lr") or 0.0) == 0.0 for g in self.param_groups)
+            and not any(bool((p.grad.to_local() if is_dtensor(p.grad) else p.grad).any())
+                        for g in self.param_groups for p in g["params"] if p.grad is not None)
+        )
+        if not initialising:
+            return super().step(closure)  # type: ignore[misc]
+        self.train()  # type: ignore[attr-defined]
+        try:
+            return super().step(closure)  # type: ignore[misc]
+        finally:
+            self.eval()  # type: ignore[attr-defined]
+
+
+def train_mode_init_class(cls: type) -> type:
+    """``cls`` (a schedule-free optimizer) with :class:`TrainModeInit`; the Trainer calls it as ``cls(params, **kw)``."""
+    return type(f"FSDP2{cls.__name__}", (TrainModeInit, cls), {"__module__": __name__})
 
 
 def owner_stepped_class(inner_cls: type) -> type:
