@@ -221,6 +221,7 @@ def distributed_summary(spec: OptimizerSpec) -> list[str]:
     lines += [f"{_DISTRIBUTED_TITLES[k]}: no ({v})" for k, v in support.items() if v is not True]
     if support.get("fsdp2") is True:
         lines.append(f"FSDP2: {fsdp2_evidence(spec)}")
+        lines.append(f"FSDP2 checkpoints: {fsdp2_checkpoint_evidence(spec)}")
     return lines
 
 
@@ -232,6 +233,18 @@ def fsdp2_evidence(spec: OptimizerSpec) -> str:
     if spec.name in RUN:
         return f"{how}; run here (2 processes, exact vs one process)"
     return f"{how}; {REASONED[spec.distributed.fsdp2_math]}"
+
+
+def fsdp2_checkpoint_evidence(spec: OptimizerSpec) -> str:
+    """Whether ``spec``'s FSDP2 checkpoints resume on any number of ranks, and whether that was run here."""
+    from .builtin.fsdp2_runs import CHECKPOINT_REASONED, CHECKPOINT_RUN, RUN
+
+    verdict = spec.distributed.fsdp2_checkpoint
+    if verdict is not True:
+        return f"no ({verdict}): a resume on another number of ranks is refused"
+    if spec.name in RUN:
+        return f"any number of ranks; {CHECKPOINT_RUN}"
+    return f"any number of ranks; {CHECKPOINT_REASONED[spec.distributed.fsdp2_math]}"
 
 
 def notes(spec: OptimizerSpec) -> list[str]:
@@ -450,7 +463,8 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         if _is_twin(s, all_names):
             continue
         cells = []
-        for key, value in distributed_support(s).items():
+        support = distributed_support(s)
+        for key, value in support.items():
             if value is True and key == "fsdp2":
                 cells.append(f"{'RUN' if s.name in fsdp2_runs.RUN else 'yes'} ({s.distributed.fsdp2_math})")
             elif value is True:
@@ -458,14 +472,29 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
             else:
                 number = reasons.setdefault(str(value), len(reasons) + 1)
                 cells.append(f"no [{number}]")
+        checkpoint = s.distributed.fsdp2_checkpoint
+        if support["fsdp2"] is not True:
+            cells.append("—")
+        elif checkpoint is True:
+            cells.append("RUN" if s.name in fsdp2_runs.RUN else "yes")
+        else:
+            cells.append(f"no [{reasons.setdefault(str(checkpoint), len(reasons) + 1)}]")
         rows.append((f"`{s.name}`", s.family, *cells))
-    lines = _table(("name", "family", *(_DISTRIBUTED_TITLES[k] for k in _DISTRIBUTED_FIELDS)), rows)
+    lines = _table(("name", "family", *(_DISTRIBUTED_TITLES[k] for k in _DISTRIBUTED_FIELDS), "FSDP2 checkpoint"),
+                   rows)
     lines += [
         "",
         "FSDP2 cells: **RUN** = trained here under FSDP2 (2 CPU processes, gloo, torchrun; `tests/test_fsdp2.py`) "
         "and equal to one process on the same batch; **yes** = supported, not run here, reasoned from how it "
         "runs. In brackets, how it runs: "
         + "; ".join(f"`{k}` = {v}" for k, v in fsdp2_runs.MATH.items()) + ".",
+        "",
+        "FSDP2 checkpoint cells (the record's `distributed.fsdp2_checkpoint`): **RUN** = "
+        + fsdp2_runs.CHECKPOINT_RUN
+        + " (`tests/test_fsdp2_checkpoints.py`); **yes** = resumes on any number of ranks, reasoned: "
+        + "; ".join(f"`{k}`: {v.removeprefix('not run here; reasoned: ')}"
+                    for k, v in fsdp2_runs.CHECKPOINT_REASONED.items())
+        + "; **no** = resumes only on the rank count that saved it (another is refused); — = no FSDP2.",
         "",
         "Every `*_layerwise` name: DDP as its whole-model name (each parameter is stepped from DDP's "
         "communication hook once its gradient bucket is averaged; `optim_registry.layerwise_ddp`), no sharded "
