@@ -746,7 +746,8 @@ def _as_groups(params: Any) -> list[dict[str, Any]]:
 
 
 class TrainModeInit:
-    """A schedule-free optimizer whose DCP initialising step is taken in train mode.
+    """A schedule-free optimizer whose FSDP2 checkpoints load: DCP's initialising step is taken in train mode,
+    and switching modes leaves no empty state behind.
 
     Schedule-free optimizers are built in eval mode and refuse ``step()`` there; a fresh one is exactly what
     ``torch.distributed.checkpoint``'s ``_init_optim_state`` steps (no state yet, every gradient zero, every rate
@@ -754,6 +755,11 @@ class TrainModeInit:
     train mode and the mode put back: with no state, zero gradients and lr 0 neither the switches nor the step
     move a weight, and the checkpoint's groups (mode included) and state replace what it created. Any other
     step in eval mode is refused by the library as before.
+
+    The library's ``train()`` / ``eval()`` read ``self.state[p]`` for every parameter, which leaves an empty entry
+    for each: ``_init_optim_state`` then takes the optimizer for initialised, the template DCP loads into holds
+    no ``z`` and no second moment, and the resumed run silently restarts them (1.6e-2 off after 2 steps here).
+    Those empty entries are removed.
     """
 
     state: Any
@@ -762,7 +768,7 @@ class TrainModeInit:
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         initialising = (
-            not self.state
+            not any(self.state.values())
             and not all(g.get("train_mode", True) for g in self.param_groups)
             and all(float(g.get("lr") or 0.0) == 0.0 for g in self.param_groups)
             and not any(bool((p.grad.to_local() if is_dtensor(p.grad) else p.grad).any())
@@ -770,11 +776,23 @@ class TrainModeInit:
         )
         if not initialising:
             return super().step(closure)  # type: ignore[misc]
-        self.train()  # type: ignore[attr-defined]
+        self.train()
         try:
             return super().step(closure)  # type: ignore[misc]
         finally:
-            self.eval()  # type: ignore[attr-defined]
+            self.eval()
+
+    def train(self) -> None:
+        super().train()  # type: ignore[misc]
+        self._drop_empty_state()
+
+    def eval(self) -> None:
+        super().eval()  # type: ignore[misc]
+        self._drop_empty_state()
+
+    def _drop_empty_state(self) -> None:
+        for param in [p for p, s in self.state.items() if not s]:
+            del self.state[param]
 
 
 def train_mode_init_class(cls: type) -> type:

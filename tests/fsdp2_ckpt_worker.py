@@ -11,7 +11,9 @@ step (the first step runs at lr 0, as the Trainer's does):
   FULL_STATE_DICT one into ``ROOT/name/full``; the scheduler with ``torch.save``), then 2 more steps: saving must
   change nothing (the weights right after the saves, ``saved_moved``, and the end of the run);
 * ``sharded`` / ``full``: a fresh model and a fresh optimizer built with ``create_optimizer``, the model, the
-  optimizer and the schedule loaded with accelerate's ``load_fsdp_model`` / ``load_fsdp_optimizer``, 2 steps;
+  optimizer and the schedule loaded with accelerate's ``load_fsdp_model`` / ``load_fsdp_optimizer``, 2 steps (a
+  schedule-free optimizer is switched to train mode before the sharded load, as a training loop may do first: the
+  switch must not hide its state from the load);
 * ``dropped`` (the names given as ``name@dropped``): one rank's file of the sharded optimizer checkpoint removed;
   the load must refuse on every rank (no rank may resume, none may hang).
 
@@ -238,6 +240,8 @@ def main() -> None:
                 r["perturb"] = largest_difference(run.rows(), reference)
             for kind in KINDS:
                 resumed = Run(name, optim_args, mesh)
+                if kind == "sharded" and resumed.protocol == "train_eval":
+                    resumed.optimizer.train()
                 if attempt(r, f"{kind}_error", resumed.load, folder / kind, kind):
                     resumed.train(batch, AFTER)
                     r[kind] = largest_difference(resumed.rows(), reference)
