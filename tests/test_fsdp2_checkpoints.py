@@ -55,6 +55,7 @@ def test_taking_a_checkpoint_changes_nothing(launches):
     for name in names:
         r = results[2][name]
         assert not _errors(r), (name, r)
+        assert r["state_entries_min_over_ranks"] == r["params"], (name, r)  # so DCP never "initialises" it
         assert r["saved_moved"] == 0.0, (name, r)  # no hidden step moved a weight while saving
         assert r["perturb"] < TOLERANCE, (name, r)  # nor changed the state the run continues with
         assert r["moved"] == r["params"], (name, r)
@@ -214,3 +215,24 @@ def test_the_gpu_trainer_script_refuses_without_cuda():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "fsdp2_trainer_checkpoint.py"
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "needs CUDA GPUs" in proc.stderr, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_show_and_the_docs_table_mark_fsdp2_checkpoint_support(capsys):
+    from dataclasses import replace
+
+    from optim_registry import docgen
+    from optim_registry.cli import main
+
+    assert main(["show", "dion", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["fsdp2"]["checkpoint"]
+    assert shown.startswith("any number of ranks; run here"), shown
+    assert main(["show", "galore_adamw_8bit"]) == 0
+    assert "FSDP2 checkpoints: any number of ranks; not run here; reasoned" in " ".join(capsys.readouterr().out.split())
+    text = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `muon` |"))
+    assert row.endswith("| RUN |"), row
+    spec = optimizers.get("galore_adamw")
+    refusing = spec.variant(distributed=replace(spec.distributed, fsdp2_checkpoint="its state is per rank"))
+    assert docgen.fsdp2_checkpoint_evidence(refusing).startswith("no (its state is per rank)")
+    table = docgen.render_distributed([refusing], {refusing.name})
+    assert "| `galore_adamw` |" in table and "its state is per rank" in table
