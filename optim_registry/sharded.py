@@ -457,6 +457,15 @@ class OwnerStepped(Optimizer):
         if unknown:
             raise ValueError(f"this optimizer state holds state for parameters its param groups do not list: {unknown[:4]}")
         _same_on_every_rank(saved, self._group)
+        if not saved and not self._has_state:
+            # A fresh optimizer's state dict loaded into a fresh optimizer, as accelerate's AcceleratedOptimizer does
+            # when the Trainer prepares it (device placement): the settings are taken, the library keeps what it
+            # built (Dion's seeded right factors), which torch's load would drop.
+            for outer, inner, given in zip(self.param_groups, self.inner.param_groups, groups, strict=True):
+                values = {k: v for k, v in given.items() if k not in ("params", GLOBAL_STATE)}
+                inner.update(values)
+                outer.update(values)
+            return
         whole: dict[str, Any] = {"state": _owned_state(saved, position, self._owner, self._rank), "param_groups": groups}
         if groups and GLOBAL_STATE in groups[0]:
             first = dict(groups[0])

@@ -105,6 +105,9 @@ class Run:
         self.protocol = optimizers.get(name).protocol
         self.model = shard(tiny_model(vocab_size=VOCAB), mesh)
         self.optimizer = create_optimizer(args, self.model)
+        # What accelerate's AcceleratedOptimizer does when the Trainer prepares it (device_placement=True): the
+        # fresh optimizer's state dict loaded back (moved to the device: a no-op here).
+        self.optimizer.load_state_dict(self.optimizer.state_dict())
         self.built = group_settings(self.optimizer)  # what the Trainer records as built, before the schedule
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, 1, TOTAL)
 
