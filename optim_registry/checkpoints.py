@@ -42,6 +42,9 @@ TRAINER_STATE_NAME = "trainer_state.json"
 #: Files whose content is checksummed (the ones this module writes atomically; small next to the weights).
 CHECKSUMMED = (OPTIMIZER_NAME, SCHEDULER_NAME)
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+#: DeepSpeed ZeRO's optimizer state, one file per rank (``global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt``,
+#: ``bf16_`` in front under bf16): checksummed as ``optimizer.pt`` is.
+DEEPSPEED_OPTIMIZER_STATE = re.compile(r"optim_states\.pt$")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _TRUE = ("1", "true", "yes", "on")
 
@@ -203,9 +206,18 @@ def optimizer_record(trainer: Any, inner: Any) -> dict[str, Any]:
             record["options"], record["targets"] = asked["options"], asked["targets"]
     built = getattr(trainer, "_registry_built_settings", None)
     settings = built if built is not None and len(built) == len(inner.param_groups) else group_settings(inner)
-    layout = group_layout(inner, trainer.model)
+    layout = live_layout(trainer, inner)
     record["groups"] = [{"count": len(p), "params": p, "settings": s} for p, s in zip(layout, settings, strict=True)]
     return record
+
+
+def live_layout(trainer: Any, inner: Any) -> list[list[str]]:
+    """Each param group's parameter names: as built (under DeepSpeed ZeRO the live groups hold flat
+    partitions with no names), else read from the optimizer."""
+    built = getattr(trainer, "_registry_built_layout", None)
+    if built is not None and len(built) == len(inner.param_groups):
+        return built
+    return group_layout(inner, trainer.model)
 
 
 def schedule_record(trainer: Any) -> dict[str, Any]:
@@ -226,15 +238,13 @@ def write_manifest(trainer: Any, output_dir: str) -> None:
         return
     files: dict[str, dict[str, Any]] = {}
     multi = int(getattr(trainer.args, "world_size", 1) or 1) > 1
-    for name in sorted(os.listdir(output_dir)):
+    for name in _checkpoint_files(output_dir):
         path = os.path.join(output_dir, name)
         # Other ranks write their own RNG files, possibly still now: not the saving process's to vouch for.
-        if name == MANIFEST_NAME or name.startswith(".") or not os.path.isfile(path) or (
-            multi and name.startswith("rng_state")
-        ):
+        if name == MANIFEST_NAME or (multi and name.startswith("rng_state")):
             continue
         entry: dict[str, Any] = {"size": os.path.getsize(path)}
-        if name in CHECKSUMMED:
+        if name in CHECKSUMMED or DEEPSPEED_OPTIMIZER_STATE.search(name):
             entry["sha256"] = sha256_of(path)
         files[name] = entry
     manifest: dict[str, Any] = {"format": FORMAT, "files": files}
@@ -243,6 +253,20 @@ def write_manifest(trainer: Any, output_dir: str) -> None:
         manifest["optimizer"] = optimizer_record(trainer, unwrap_optimizer(trainer.optimizer))
         manifest["schedule"] = schedule_record(trainer)
     write_json_atomic(os.path.join(output_dir, MANIFEST_NAME), manifest)
+
+
+def _checkpoint_files(output_dir: str) -> list[str]:
+    """The checkpoint's files, as paths relative to it; DeepSpeed's ``global_step*/`` folders included.
+
+    Every rank has written its DeepSpeed files by now (``save_checkpoint`` ends in a barrier). Dot entries
+    are this module's scratch space.
+    """
+    found = []
+    for root, dirs, names in os.walk(output_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(root, output_dir)
+        found += [n if rel == "." else os.path.join(rel, n) for n in names if not n.startswith(".")]
+    return sorted(found)
 
 
 # ----------------------------------------------------------------------------------------- completeness
@@ -589,7 +613,7 @@ def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
     inner = unwrap_optimizer(trainer.optimizer)
     built = getattr(trainer, "_registry_built_settings", None)
     live_settings = built if built is not None and len(built) == len(inner.param_groups) else group_settings(inner)
-    check_layout(record, group_layout(inner, trainer.model), live_settings, checkpoint)
+    check_layout(record, live_layout(trainer, inner), live_settings, checkpoint)
     settings = setting_changes(record, live_settings)
     schedule = schedule_changes(manifest.get("schedule"), schedule_record(trainer))
     restart = restart_requested(trainer)
@@ -620,6 +644,14 @@ def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
         return None
     keys = set(settings) | {"lr", "initial_lr"}
     return {"groups": [{k: g[k] for k in keys if k in g} for g in inner.param_groups]}
+
+
+def check_built_layout(trainer: Any, checkpoint: str) -> None:
+    """The optimizer just built against the checkpoint's layout, before DeepSpeed loads any state into it."""
+    record = (read_manifest(checkpoint) or {}).get("optimizer")
+    layout, settings = trainer._registry_built_layout, trainer._registry_built_settings
+    if record is not None and layout is not None and settings is not None:
+        check_layout(record, layout, settings, checkpoint)
 
 
 def after_load(trainer: Any, plan: dict[str, Any] | None) -> None:
@@ -659,7 +691,9 @@ class CheckpointMixin(_TrainerBase):
     restart_schedule: bool | None = None
 
     _registry_built_settings: list[dict[str, Any]] | None = None
+    _registry_built_layout: list[list[str]] | None = None
     _registry_verified: str | None = None
+    _registry_resuming: str | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
@@ -673,7 +707,11 @@ class CheckpointMixin(_TrainerBase):
                 verify_checksums(resume_from_checkpoint, manifest)
                 self._registry_verified = resume_from_checkpoint
             self._check_asked(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        self._registry_resuming = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._registry_resuming = None
 
     def _check_asked(self, checkpoint: str) -> None:
         # Only when the registry builds the optimizer from the arguments (not optimizers=(...) given).
@@ -688,9 +726,16 @@ class CheckpointMixin(_TrainerBase):
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
         fresh = getattr(self, "optimizer", None) is None
         optimizer = super().create_optimizer(*args, **kwargs)
-        if fresh or self._registry_built_settings is None:
-            # The settings as built, before any schedule or step moves them: what a resume compares.
-            self._registry_built_settings = group_settings(unwrap_optimizer(self.optimizer))
+        inner = unwrap_optimizer(self.optimizer)
+        # A DeepSpeed config's own optimizer is accelerate's DummyOptim until deepspeed.initialize: no groups.
+        if (fresh or self._registry_built_settings is None) and hasattr(inner, "param_groups"):
+            # The settings and parameters as built, before any schedule or step moves them (or ZeRO replaces
+            # the parameters by flat partitions): what a resume compares.
+            self._registry_built_settings = group_settings(inner)
+            self._registry_built_layout = group_layout(inner, self.model)
+            if getattr(self, "is_deepspeed_enabled", False) and self._registry_resuming:
+                # DeepSpeed loads its state with the model, before _load_optimizer_and_scheduler: check now.
+                check_built_layout(self, self._registry_resuming)
         return optimizer
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
