@@ -16,8 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 #: In the order they are best run: the timing benchmarks first, the long memory sweep last.
-SCRIPTS = ("import_cost", "build_time", "step_overhead", "layerwise_clip", "throughput", "fsdp2_muon",
-           "layerwise_memory", "state_memory")
+SCRIPTS = ("import_cost", "build_time", "step_overhead", "layerwise_clip", "throughput", "fsdp2_muon", "zero_step",
+           "zero_agreement", "layerwise_memory", "state_memory")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,16 +18,15 @@ if importlib.util.find_spec("deepspeed") is None:  # the dev extras install it
     pytest.skip("deepspeed is not installed", allow_module_level=True)
 
 import torch  # noqa: E402
-from zero_worker import SameBatch, model_for, parse, run_args, train_case  # noqa: E402
+from zero_worker import launch, model_for, one_process_record, parse  # noqa: E402
 
 from optim_registry.builtin.zero_runs import MUON, REASONED, REFUSED, RUN  # noqa: E402
 from optim_registry.registry import optimizers  # noqa: E402
 
-WORKER = Path(__file__).with_name("zero_worker.py")
 STAGES = (1, 2, 3)
-#: Elementwise names end this close to one process (measured: 7.7e-7 at most, from ZeRO-3's float64 clipping
-#: norm); AdamW with beta2=0.99 instead of 0.999 ends 1.6e-4 away, schedule-free counting its steps per
-#: ZeRO-3 sub-group 1.1e-2, SGD 4e-2.
+#: Elementwise names end this close to one process (measured: 7.7e-7 at most, ZeRO-3's gradient reduction
+#: rounding the last bit differently; ZeRO-1/2 1.2e-7, the clipping norm's last bit); AdamW with beta2=0.99 instead
+#: of 0.999 ends 1.2e-4 away, schedule-free counting its steps per ZeRO-3 sub-group 1.1e-2, SGD 3e-2.
 TOLERANCE = 1e-5
 #: Runs that need another model: 8-bit state is quantised only for tensors of 4096 elements and more.
 VARIANT = {"adamw_8bit": "@v512"}
@@ -47,12 +42,6 @@ EXTRA = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _installed(case: str) -> bool:
     from optim_registry import deps
 
@@ -63,22 +52,9 @@ def _installed(case: str) -> bool:
 @pytest.fixture(scope="module")
 def zero_runs(tmp_path_factory):
     """stage -> case -> [rank 0's record, rank 1's record]."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           # DeepSpeed's Muon is wrapped in torch.compile: minutes of compiling on the CPU, for nothing here
-           "TORCHDYNAMO_DISABLE": "1"}
-    runs = {}
-    for stage in STAGES:
-        out = tmp_path_factory.mktemp(f"zero{stage}")
-        cases = [c for c in TRAIN + REFUSE + EXTRA[stage] if _installed(c)]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(WORKER), str(out), str(stage), *cases]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        runs[stage] = {
-            c: [torch.load(out / "results" / c.replace("/", "_") / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-            for c in cases
-        }
-    return runs
+    return {stage: launch(str(tmp_path_factory.mktemp(f"zero{stage}")), stage,
+                          [c for c in TRAIN + REFUSE + EXTRA[stage] if _installed(c)])
+            for stage in STAGES}
 
 
 @pytest.fixture(scope="module")
@@ -90,29 +66,10 @@ def one_process(tmp_path_factory):
     def run(case: str, deepspeed_muon: bool = False, **kw) -> dict:
         key = (case, repr(sorted(kw.items())) + str(deepspeed_muon))
         if key not in cache:
-            cache[key] = _one_process(case, root / str(len(cache)), deepspeed_muon, **kw)
+            cache[key] = one_process_record(case, str(root / str(len(cache))), deepspeed_muon, **kw)
         return cache[key]
 
     return run
-
-
-def _one_process(case: str, out: Path, deepspeed_muon: bool, **kw) -> dict:
-    from optim_registry import OptimTrainer, build, zero
-
-    name, optim_args, variant = parse(case)
-    if name == "muon":
-        kw.setdefault("max_grad_norm", 0.0)  # under ZeRO Muon runs unclipped (the registry warns)
-    args = run_args(name, str(out), optim_args, variant, None, **kw)
-    model = model_for(variant)
-    extra = {}
-    if deepspeed_muon:
-        # DeepSpeed's Muon (over the registry's groups) in one process: it runs Newton-Schulz itself on 2-D weights
-        extra["optimizer_cls_and_kwargs"] = zero.deepspeed_muon(build.make_context(args, model), 2)
-    record: dict = {}
-    with torch._dynamo.config.patch(disable=True):
-        trainer = OptimTrainer(model=model, args=args, train_dataset=SameBatch(1), **extra)
-        train_case(trainer, record)
-    return record
 
 
 def _diff(a: dict, b: dict) -> float:
@@ -181,9 +138,9 @@ def test_block_quantised_state_trains_warned_and_measured(zero_runs, one_process
     _ok(records, case)
     assert any("quantised in blocks" in w for w in records[0]["warnings"]), records[0]["warnings"]
     diff = _diff(records[0]["final"], one_process(case)["final"])
-    # The documented difference (docs/distributed.md): blocks across tensors, small tensors and embeddings
-    # quantised too. Still a trained AdamW: SGD ends 4e-2 away.
-    assert 1e-4 < diff < 3e-2, (stage, diff)
+    # The documented difference (docs/distributed.md: 1.8e-2; SGD instead of AdamW ends 3e-2 away): blocks across
+    # tensors, small tensors and embeddings quantised too. Not one-process agreement: warned, and measured here.
+    assert 1e-4 < diff < 2.5e-2, (stage, diff)
 
 
 # --- Muon: DeepSpeed's own, with the registry's routing and settings ------------------------------------------------

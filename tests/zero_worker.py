@@ -9,7 +9,7 @@ difference in the weights comes from the optimizer. Each rank writes ``OUT_DIR/<
 
 - ``train/NAME[:OPTIM_ARGS][@VARIANT]``: train ``NAME`` (``@v512``: a 512-token vocabulary, so 8-bit state is
   quantised; ``@subgroups``: ZeRO-3 sub-groups of 512 elements; ``@clip``: max_grad_norm=0.5; ``@clipkeyless``:
-  the same with no ``gradient_clipping`` key in the DeepSpeed config);
+  the same with no ``gradient_clipping`` key in the DeepSpeed config; ``@noclip``: max_grad_norm=0);
 - ``stock_class/NAME[@VARIANT]``: the library's class as the stock Trainer builds it
   (``optimizer_cls_and_kwargs``), the negative control of the registry's ZeRO-3 stepping;
 - ``stock/NAME``: the stock ``transformers.TrainingArguments`` with OptimTrainer (refused when it builds);
@@ -74,6 +74,8 @@ def run_args(name: str, out: str, optim_args: str | None, variant: str, stage: i
     kw = {"max_steps": STEPS, "per_device_train_batch_size": BATCH, "train_sampling_strategy": "sequential", **kw}
     if variant in ("clip", "clipkeyless"):
         kw["max_grad_norm"] = 0.5
+    elif variant == "noclip":
+        kw["max_grad_norm"] = 0.0
     if stage is not None:
         kw["deepspeed"] = ds_config(stage, **({"sub_group_size": 512} if variant == "subgroups" else {}))
         if variant == "clipkeyless":
@@ -116,6 +118,30 @@ def train_case(trainer: Any, record: dict[str, Any], resume: str | None = None) 
     tags = {n: getattr(p, "use_muon", None) for n, p in trainer.model.named_parameters()}
     if any(v is not None for v in tags.values()):
         record["use_muon"] = tags
+
+
+def one_process_record(case: str, out: str, deepspeed_muon: bool = False, **kw: Any) -> dict[str, Any]:
+    """The reference: ``case`` trained in this one process (no DeepSpeed) on the same batches.
+
+    ``deepspeed_muon``: DeepSpeed's Muon over the registry's groups (``zero.deepspeed_muon``), which runs
+    Newton-Schulz itself on 2-D weights when no ZeRO optimizer is around. Muon runs unclipped (as under ZeRO).
+    """
+    from optim_registry import OptimTrainer, build, zero
+
+    name, optim_args, variant = parse(case)
+    if name == "muon":
+        kw.setdefault("max_grad_norm", 0.0)
+    args = run_args(name, out, optim_args, variant, None, **kw)
+    model = model_for(variant)
+    extra = {}
+    if deepspeed_muon:
+        extra["optimizer_cls_and_kwargs"] = zero.deepspeed_muon(build.make_context(args, model), 2)
+    record: dict[str, Any] = {}
+    # DeepSpeed's Muon is wrapped in torch.compile: minutes on the CPU, for nothing here
+    with torch._dynamo.config.patch(disable=True):
+        trainer = OptimTrainer(model=model, args=args, train_dataset=SameBatch(1), **extra)
+        train_case(trainer, record)
+    return record
 
 
 def run_case(case: str, out: str, stage: int, world: int) -> dict[str, Any]:
@@ -235,6 +261,29 @@ def resume_checks(out: str, stage: int, world: int) -> dict[str, Any]:
         except ValueError as exc:
             found[label] = {"status": "refused", "error": str(exc)}
     return {"checks": found}
+
+
+def launch(out: str, stage: int, cases: list[str], timeout: float = 900) -> dict[str, list[dict[str, Any]]]:
+    """One 2-process torchrun launch of this worker; case -> [rank 0's record, rank 1's record]."""
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    here = Path(__file__).resolve()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here.parents[1]),
+           # DeepSpeed's Muon is wrapped in torch.compile: minutes of compiling on the CPU, for nothing here
+           "TORCHDYNAMO_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(here), out, str(stage), *cases]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the ZeRO-{stage} launch failed:\n{proc.stderr[-4000:]}")
+    folder = Path(out) / "results"
+    return {c: [torch.load(folder / c.replace("/", "_") / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+            for c in cases}
 
 
 def main() -> None:
