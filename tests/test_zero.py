@@ -197,6 +197,22 @@ def test_muon_refusals_name_the_conflict_and_the_way_out(zero_runs):
                           report_to=[], use_cpu=True)
 
 
+def test_muon_rules_deepspeed_cannot_follow_are_refused_when_built():
+    from optim_registry import build, zero
+    from optim_registry.testing import arguments, tiny_model
+
+    model = tiny_model()
+    ctx = build.make_context(arguments("muon", optim_groups=[{"params": "q_proj", "momentum": 0.9}]), model)
+    cls, kwargs = zero.deepspeed_muon(ctx, 2)  # ZeRO-1/2 read each group's momentum
+    assert sorted(g["momentum"] for g in kwargs["params"] if g["use_muon"]) == [0.9, 0.95]
+    assert all(g["ns_method"] == "standard" for g in kwargs["params"] if g["use_muon"])
+    with pytest.raises(ValueError, match=r"ZeRO stage 3: DeepSpeed's Muon takes one momentum"):
+        zero.deepspeed_muon(ctx, 3)
+    ctx = build.make_context(arguments("muon", optim_groups=[{"params": "q_proj", "nesterov": False}]), model)
+    with pytest.raises(ValueError, match=r"optim_groups setting nesterov=false"):
+        zero.deepspeed_muon(ctx, 2)
+
+
 def _config(stage: int, **zero) -> dict:
     return {"zero_optimization": {"stage": stage, **zero}, "train_micro_batch_size_per_gpu": "auto"}
 
