@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 #: In the order they are best run: the timing benchmarks first, the long memory sweep last.
 SCRIPTS = ("import_cost", "build_time", "step_overhead", "layerwise_clip", "throughput", "fsdp2_muon",
-           "fsdp2_checkpoint_cost", "layerwise_memory", "state_memory")
+           "fsdp2_checkpoint_cost", "zero_step", "zero_agreement", "layerwise_memory", "state_memory")
 
 
 def main(argv: list[str] | None = None) -> int:

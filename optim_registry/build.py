@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import deps
+from . import deps, zero
+from .distributed import detect_backend
 from .optim_args import check_range, coerce, parse_options, shorten
 from .param_groups import build_groups, target_linear_weights
 from .spec import (
@@ -27,6 +28,7 @@ from .spec import (
     is_factory,
     option_table,
 )
+from .zero import ZERO_KINDS
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,9 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         raise ValueError(f"optim={spec.name!r} cannot train through the Trainer: {spec.unsupported}")
     fsdp2 = check_fsdp2(spec, model)
     ctx = make_context(args, model, spec)
+    kind = detect_backend(args).kind
+    if kind in ZERO_KINDS and spec.distributed.zero_math == "deepspeed_muon":
+        return zero.deepspeed_muon(ctx, int(kind[-1]))
     if spec.builder is not None:
         builder = load_builder(spec)
         cls, kwargs = checked_result(spec, builder, builder(ctx))
@@ -390,6 +395,8 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         from .sharded import train_mode_init_class
 
         cls = train_mode_init_class(cls)  # accelerate's FSDP2 resume steps a fresh one, still in eval mode
+    if kind in ZERO_KINDS and zero.needs_stepping(spec, kind):
+        cls = zero_stepped(spec, cls, kind)
     return cls, kwargs
 
 
@@ -483,6 +490,16 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
             f"step(); its whole-tensor copies under {FSDP2_TEXT} would miss that. Choose another optimizer."
         )
     return True
+
+
+def zero_stepped(spec: OptimizerSpec, cls: Any, kind: str) -> Any:
+    """``cls`` with ``optim_registry.zero.ZeroStepped`` in front, for ZeRO-3 steps and the train/eval protocol."""
+    if is_factory(cls):
+        raise ValueError(
+            f"optim={spec.name!r} is built by a factory, which cannot be stepped under DeepSpeed ZeRO stage "
+            f"{kind[-1]} (whose flat sub-groups need the class itself); use ZeRO-1/2, FSDP2 or DDP."
+        )
+    return zero.zero_stepped_class(cls, int(kind[-1]))
 
 
 def owner_stepped(spec: OptimizerSpec, cls: Any) -> Any:

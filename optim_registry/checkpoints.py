@@ -51,6 +51,9 @@ DCP_METADATA = ".metadata"
 #: Folders accelerate saves FSDP state into with torch.distributed.checkpoint (SHARDED_STATE_DICT).
 _DCP_FOLDER = re.compile(r"^(optimizer|pytorch_model_fsdp)_\d+$")
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+#: DeepSpeed ZeRO's optimizer state, one file per rank (``global_step2/zero_pp_rank_0_mp_rank_00_optim_states.pt``,
+#: ``bf16_`` in front under bf16): checksummed as ``optimizer.pt`` is.
+DEEPSPEED_OPTIMIZER_STATE = re.compile(r"optim_states\.pt$")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _TRUE = ("1", "true", "yes", "on")
 
@@ -212,9 +215,18 @@ def optimizer_record(trainer: Any, inner: Any) -> dict[str, Any]:
             record["options"], record["targets"] = asked["options"], asked["targets"]
     built = getattr(trainer, "_registry_built_settings", None)
     settings = built if built is not None and len(built) == len(inner.param_groups) else group_settings(inner)
-    layout = group_layout(inner, trainer.model)
+    layout = live_layout(trainer, inner)
     record["groups"] = [{"count": len(p), "params": p, "settings": s} for p, s in zip(layout, settings, strict=True)]
     return record
+
+
+def live_layout(trainer: Any, inner: Any) -> list[list[str]]:
+    """Each param group's parameter names: as built (under DeepSpeed ZeRO the live groups hold flat
+    partitions with no names), else read from the optimizer."""
+    built = getattr(trainer, "_registry_built_layout", None)
+    if built is not None and len(built) == len(inner.param_groups):
+        return built
+    return group_layout(inner, trainer.model)
 
 
 def schedule_record(trainer: Any) -> dict[str, Any]:
@@ -238,8 +250,9 @@ def is_dcp_folder(path: str) -> bool:
 
 def _checksummed(name: str) -> bool:
     """Optimizer and scheduler state, in every layout: ``optimizer.pt``, FSDP2's ``optimizer.bin`` and
-    ``optimizer_0/*`` (whose bytes a flipped bit would turn into wrong moments)."""
-    return name in CHECKSUMMED or name.split("/")[0].startswith("optimizer")
+    ``optimizer_0/*``, DeepSpeed's ``*optim_states.pt`` (whose bytes a flipped bit would turn into wrong moments)."""
+    return (name in CHECKSUMMED or name.split("/")[0].startswith("optimizer")
+            or DEEPSPEED_OPTIMIZER_STATE.search(name) is not None)
 
 
 def optimizer_state_layout(output_dir: str, world_size: int) -> dict[str, Any] | None:
@@ -267,18 +280,10 @@ def write_manifest(trainer: Any, output_dir: str) -> None:
         return
     files: dict[str, dict[str, Any]] = {}
     world = int(getattr(trainer.args, "world_size", 1) or 1)
-    for name in sorted(os.listdir(output_dir)):
+    for name in _checkpoint_files(output_dir):
         path = os.path.join(output_dir, name)
-        if is_dcp_folder(path):
-            # Each rank's file and the .metadata rank 0 wrote after all of them (DCP's save is collective).
-            for inner in sorted(os.listdir(path)):
-                if os.path.isfile(os.path.join(path, inner)):
-                    files[f"{name}/{inner}"] = _file_entry(os.path.join(path, inner), f"{name}/{inner}")
-            continue
         # Other ranks write their own RNG files, possibly still now: not the saving process's to vouch for.
-        if name == MANIFEST_NAME or name.startswith(".") or not os.path.isfile(path) or (
-            world > 1 and name.startswith("rng_state")
-        ):
+        if name == MANIFEST_NAME or (world > 1 and os.path.basename(name).startswith("rng_state")):
             continue
         files[name] = _file_entry(path, name)
     manifest: dict[str, Any] = {"format": FORMAT, "files": files, "world_size": world}
@@ -297,6 +302,23 @@ def _file_entry(path: str, name: str) -> dict[str, Any]:
     if _checksummed(name):
         entry["sha256"] = sha256_of(path)
     return entry
+
+
+def _checkpoint_files(output_dir: str) -> list[str]:
+    """The checkpoint's files, as paths relative to it: DeepSpeed's ``global_step*/`` and accelerate's DCP
+    folders included (each rank's file and the ``.metadata`` rank 0 writes after all of them).
+
+    Every rank has written its files by now (DeepSpeed's ``save_checkpoint`` and DCP's save end in a
+    barrier). Other dot entries are this module's scratch space.
+    """
+    found = []
+    for root, dirs, names in os.walk(output_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(root, output_dir)
+        dcp = rel != "." and is_dcp_folder(root)
+        found += [n if rel == "." else os.path.join(rel, n) for n in names
+                  if not n.startswith(".") or (dcp and n == DCP_METADATA)]
+    return sorted(found)
 
 
 # ----------------------------------------------------------------------------------------- completeness
@@ -707,7 +729,7 @@ def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
     inner = unwrap_optimizer(trainer.optimizer)
     built = getattr(trainer, "_registry_built_settings", None)
     live_settings = built if built is not None and len(built) == len(inner.param_groups) else group_settings(inner)
-    check_layout(record, group_layout(inner, trainer.model), live_settings, checkpoint)
+    check_layout(record, live_layout(trainer, inner), live_settings, checkpoint)
     settings = setting_changes(record, live_settings)
     schedule = schedule_changes(manifest.get("schedule"), schedule_record(trainer))
     restart = restart_requested(trainer)
@@ -738,6 +760,14 @@ def before_load(trainer: Any, checkpoint: str) -> dict[str, Any] | None:
         return None
     keys = set(settings) | {"lr", "initial_lr"}
     return {"groups": [{k: g[k] for k in keys if k in g} for g in inner.param_groups]}
+
+
+def check_built_layout(trainer: Any, checkpoint: str) -> None:
+    """The optimizer just built against the checkpoint's layout, before DeepSpeed loads any state into it."""
+    record = (read_manifest(checkpoint) or {}).get("optimizer")
+    layout, settings = trainer._registry_built_layout, trainer._registry_built_settings
+    if record is not None and layout is not None and settings is not None:
+        check_layout(record, layout, settings, checkpoint)
 
 
 def after_load(trainer: Any, plan: dict[str, Any] | None) -> None:
@@ -777,7 +807,9 @@ class CheckpointMixin(_TrainerBase):
     restart_schedule: bool | None = None
 
     _registry_built_settings: list[dict[str, Any]] | None = None
+    _registry_built_layout: list[list[str]] | None = None
     _registry_verified: str | None = None
+    _registry_resuming: str | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True and os.path.isdir(self.args.output_dir):
@@ -792,7 +824,11 @@ class CheckpointMixin(_TrainerBase):
                 check_rank_count(manifest, int(getattr(self.args, "world_size", 1) or 1), resume_from_checkpoint)
                 self._registry_verified = resume_from_checkpoint
             self._check_asked(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        self._registry_resuming = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._registry_resuming = None
 
     def _check_asked(self, checkpoint: str) -> None:
         # Only when the registry builds the optimizer from the arguments (not optimizers=(...) given).
@@ -807,9 +843,16 @@ class CheckpointMixin(_TrainerBase):
     def create_optimizer(self, *args: Any, **kwargs: Any) -> Any:
         fresh = getattr(self, "optimizer", None) is None
         optimizer = super().create_optimizer(*args, **kwargs)
-        if fresh or self._registry_built_settings is None:
-            # The settings as built, before any schedule or step moves them: what a resume compares.
-            self._registry_built_settings = group_settings(unwrap_optimizer(self.optimizer))
+        inner = unwrap_optimizer(self.optimizer)
+        # A DeepSpeed config's own optimizer is accelerate's DummyOptim until deepspeed.initialize: no groups.
+        if (fresh or self._registry_built_settings is None) and hasattr(inner, "param_groups"):
+            # The settings and parameters as built, before any schedule or step moves them (or ZeRO replaces
+            # the parameters by flat partitions): what a resume compares.
+            self._registry_built_settings = group_settings(inner)
+            self._registry_built_layout = group_layout(inner, self.model)
+            if getattr(self, "is_deepspeed_enabled", False) and self._registry_resuming:
+                # DeepSpeed loads its state with the model, before _load_optimizer_and_scheduler: check now.
+                check_built_layout(self, self._registry_resuming)
         return optimizer
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:

@@ -150,6 +150,9 @@ def show_dict(spec: Any) -> dict[str, Any]:
         "fsdp2": {"math": spec.distributed.fsdp2_math,
                   "how": docgen.fsdp2_evidence(spec) if spec.distributed.fsdp2 is True else None,
                   "checkpoint": docgen.fsdp2_checkpoint_evidence(spec) if spec.distributed.fsdp2 is True else None},
+        "zero": {"math": spec.distributed.zero_math,
+                 "how": docgen.zero_evidence(spec)
+                 if any(getattr(spec.distributed, f"zero{n}") is True for n in (1, 2, 3)) else None},
         "state_bytes": spec.state_bytes,
         "resume": spec.resume,
         "notes": docgen.notes(spec),

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import zero
 from .optim_args import shorten
 from .spec import OptimizerSpec
+from .zero import FSDP2_WAY, ZERO_KINDS
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,13 @@ def check_distributed(spec: OptimizerSpec, args: Any, *, default_optim: str = "a
     verdict = support(spec, backend.kind)
     if verdict is not True:
         reason = f": {verdict}" if isinstance(verdict, str) else ""
+        fsdp2 = ""
+        if backend.kind in ZERO_KINDS and spec.distributed.fsdp2 is True:
+            fsdp2 = f" It trains under FSDP2: {FSDP2_WAY}."
         raise ValueError(
-            f"optim={spec.name!r} does not support {backend.detail}{reason}. "
+            f"optim={spec.name!r} does not support {backend.detail}{reason}.{fsdp2} "
             "See `optim-registry show " + spec.name + "` for what it supports, or choose another optimizer."
         )
+    if backend.kind in ZERO_KINDS:
+        zero.check(spec, args, backend.kind, _load_deepspeed_config(getattr(args, "deepspeed", None)))
     return backend

@@ -222,7 +222,20 @@ def distributed_summary(spec: OptimizerSpec) -> list[str]:
     if support.get("fsdp2") is True:
         lines.append(f"FSDP2: {fsdp2_evidence(spec)}")
         lines.append(f"FSDP2 checkpoints: {fsdp2_checkpoint_evidence(spec)}")
+    if any(support.get(f"zero{n}") is True for n in (1, 2, 3)):
+        lines.append(f"ZeRO: {zero_evidence(spec)}")
     return lines
+
+
+def zero_evidence(spec: OptimizerSpec) -> str:
+    """How ``spec`` runs under DeepSpeed ZeRO and whether that combination was trained here."""
+    from .builtin.zero_runs import MATH, MEASURED, REASONED, RUN
+
+    how = MATH[spec.distributed.zero_math]
+    if spec.name in RUN:
+        measured = ", ".join(f"ZeRO-{n} {MEASURED[n][spec.name]:.2g}" for n in sorted(MEASURED))
+        return f"{how}; run here (2 processes; largest difference to one process after 3 steps: {measured})"
+    return f"{how}; {REASONED[spec.distributed.zero_math]}"
 
 
 def fsdp2_evidence(spec: OptimizerSpec) -> str:
@@ -455,7 +468,7 @@ def render_index(by_family: dict[str, list[OptimizerSpec]], all_names: set[str])
 
 def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
     """The support matrix: one row per whole-model record, reasons as numbered footnotes."""
-    from .builtin import fsdp2_runs
+    from .builtin import fsdp2_runs, zero_runs
 
     reasons: dict[str, int] = {}
     rows = []
@@ -467,6 +480,10 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         for key, value in support.items():
             if value is True and key == "fsdp2":
                 cells.append(f"{'RUN' if s.name in fsdp2_runs.RUN else 'yes'} ({s.distributed.fsdp2_math})")
+            elif value is True and key.startswith("zero") and s.distributed.zero_math != "local":
+                cells.append(f"{'RUN' if s.name in zero_runs.RUN else 'yes'} ({s.distributed.zero_math})")
+            elif value is True and key.startswith("zero") and s.name in zero_runs.RUN:
+                cells.append("RUN")
             elif value is True:
                 cells.append("yes")
             else:
@@ -495,6 +512,12 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         + "; ".join(f"`{k}`: {v.removeprefix('not run here; reasoned: ')}"
                     for k, v in fsdp2_runs.CHECKPOINT_REASONED.items())
         + "; **no** = resumes only on the rank count that saved it (another is refused); — = no FSDP2.",
+        "",
+        "ZeRO cells: **RUN** = trained here under that stage through `OptimTrainer` (2 CPU processes, gloo, "
+        "torchrun; `tests/test_zero.py`) against one process on the same batches; **yes** = supported, not run "
+        "here, reasoned from how it runs. Without brackets the library's own step runs on ZeRO's flat "
+        "partitions (elementwise: equal to one process); in brackets: "
+        + "; ".join(f"`{k}` = {v}" for k, v in zero_runs.MATH.items() if k != "local") + ".",
         "",
         "Every `*_layerwise` name: DDP as its whole-model name (each parameter is stepped from DDP's "
         "communication hook once its gradient bucket is averaged; `optim_registry.layerwise_ddp`), no sharded "

@@ -127,6 +127,9 @@ class Requirement:
 #: How an update runs on FSDP2 (DTensor) shards; see ``Distributed.fsdp2_math``.
 FSDP2_MATH = frozenset({"local", "owner", "native"})
 
+#: How an update runs under DeepSpeed ZeRO; see ``Distributed.zero_math``.
+ZERO_MATH = frozenset({"local", "blockwise", "deepspeed_muon"})
+
 
 @dataclass(frozen=True)
 class Distributed:
@@ -143,6 +146,12 @@ class Distributed:
     ``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` (accelerate's FSDP2 checkpoints) without
     changing training and resumes exactly on any number of ranks (``True``), or why not (a resume on
     another rank count is then refused with a ``ValueError``).
+
+    ``zero_math`` says how a supported ZeRO stage runs it (``optim_registry.zero``): ``"local"`` the
+    library's own step on ZeRO's flat fp32 partitions (elementwise updates), ``"blockwise"`` the same for
+    state quantised in blocks (8-bit, 4-bit): the blocks then run over the flat partitions, across tensors, so
+    it trains but not as one process (warned when built), ``"deepspeed_muon"``
+    DeepSpeed's own Muon (``deepspeed.runtime.zero.muon``), given the registry's groups and routing.
     """
 
     ddp: bool | str = True
@@ -153,10 +162,13 @@ class Distributed:
     fsdp2: bool | str = True
     fsdp2_math: str = "owner"
     fsdp2_checkpoint: bool | str = True
+    zero_math: str = "local"
 
     def __post_init__(self) -> None:
         if self.fsdp2_math not in FSDP2_MATH:
             raise ValueError(f"fsdp2_math={self.fsdp2_math!r} is not one of {sorted(FSDP2_MATH)}")
+        if self.zero_math not in ZERO_MATH:
+            raise ValueError(f"zero_math={self.zero_math!r} is not one of {sorted(ZERO_MATH)}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import transformers
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames as HFOptimizerNames
 
-from . import build
+from . import build, zero
 from .checkpoints import CheckpointMixin, unwrap_optimizer
 from .distributed import check_distributed
 from .registry import optimizers
@@ -168,6 +168,9 @@ class OptimRegistryMixin(CheckpointMixin):
             check_training_args(self.args, building=True)
             spec = build.spec_for(_plain(self.args.optim))
             build.check_device(spec, opt_model, self.args)
+        if getattr(self, "is_deepspeed_enabled", False):
+            zero.configure(self, spec)  # before deepspeed.initialize reads the config
+        if fresh:
             with build.trainer_scope(
                 decay_names=self.get_decay_parameter_names(opt_model), training_steps=self._registry_training_steps
             ):
@@ -185,6 +188,10 @@ class OptimRegistryMixin(CheckpointMixin):
             optimizer = super().create_optimizer(model)
         self._install_protocols(unwrap_optimizer(self.optimizer))
         return self.optimizer
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        zero.check_given(self)  # an optimizer instance DeepSpeed would replace: refused, not dropped
+        return super().train(*args, **kwargs)
 
     def _check_scheduler_before_build(self, num_training_steps: int | None = None) -> None:
         """The scheduler's whole check (keys it does not take, phases longer than the run), before any
@@ -253,6 +260,7 @@ class OptimRegistryMixin(CheckpointMixin):
             # accelerate wraps the model in DDP after the optimizer exists: hook the layer-wise stepping into
             # DDP's all-reduce before the first backward.
             attach_layerwise_ddp(self.optimizer, args[0] if args else kwargs.get("model"))
+            zero.attach(self.optimizer)  # under ZeRO: train()/eval() then reach the model's weights
             routed = self._route_backward()
             return super().training_step(*args, **kwargs)
         finally:
@@ -307,6 +315,7 @@ class OptimRegistryMixin(CheckpointMixin):
     @contextlib.contextmanager
     def _optimizer_eval_mode(self) -> Iterator[None]:
         """Schedule-free optimizers hold train-mode weights; save the evaluation weights."""
+        zero.attach(self.optimizer)
         inner = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
         switch = (
             inner is not None

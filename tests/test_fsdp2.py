@@ -167,6 +167,8 @@ def test_fsdp2_is_accepted_and_fsdp1_zero_refuse_pointing_to_fsdp2(name):
         return
     with pytest.raises(ValueError, match=r"does not support FSDP1.*use FSDP2: fsdp_version=2"):
         check_distributed(spec, _args(fsdp="full_shard", fsdp_config={"fsdp_version": 1}))
+    if name == "muon":  # handed to DeepSpeed's own Muon under ZeRO (tests/test_zero.py)
+        return
     for stage in (1, 2, 3):
         with pytest.raises(ValueError, match=rf"ZeRO stage {stage}.*use FSDP2"):
             check_distributed(spec, _args(deepspeed={"zero_optimization": {"stage": stage}}))

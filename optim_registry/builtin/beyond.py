@@ -16,8 +16,10 @@ _MATRIX_DISTRIBUTED = Distributed(
     zero2="updates whole 2-D matrices; ZeRO partitions flattened optimizer state (use FSDP2)",
     zero3="updates whole 2-D matrices; ZeRO-3 shards the parameters (use FSDP2)",
 )
-#: Muon shards its own Newton-Schulz across FSDP2 ranks (optim_registry.sharded.whole_matrix_map).
-_MUON_DISTRIBUTED = replace(_MATRIX_DISTRIBUTED, fsdp2_math="native")
+#: Muon shards its own Newton-Schulz across FSDP2 ranks (optim_registry.sharded.whole_matrix_map); under
+#: ZeRO it is handed to DeepSpeed's own Muon, which orthogonalises whole gradients inside ZeRO's partitioning.
+_MUON_DISTRIBUTED = replace(_MATRIX_DISTRIBUTED, fsdp2_math="native", zero1=True, zero2=True, zero3=True,
+                            zero_math="deepspeed_muon")
 
 #: Routing options shared by Muon and Dion (the interpreter reads them: ``build.matrix_routes``).
 _ROUTING_OPTIONS = (

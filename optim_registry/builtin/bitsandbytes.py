@@ -8,7 +8,7 @@ and the 8-bit names keep ``nn.Embedding`` state in 32 bits (``embedding_32bit``)
 
 from __future__ import annotations
 
-from ..spec import AT_LEAST_ONE, NONNEG, UNIT, OptimizerSpec, Requirement, opt
+from ..spec import AT_LEAST_ONE, NONNEG, UNIT, Distributed, OptimizerSpec, Requirement, opt
 from .checks import ademamix_betas, bnb_rmsprop
 
 _REQUIRES = (Requirement("bitsandbytes", "bitsandbytes", "0.45.0", extra="bnb"),)
@@ -40,6 +40,10 @@ _RMSPROP_OPTIONS = (
 )
 
 
+#: 8-bit state is quantised in blocks of each tensor; under ZeRO the blocks run over the flat partitions.
+_BLOCKWISE = Distributed(zero_math="blockwise")
+
+
 def _state_note(bits: int, paged: bool) -> str:
     size = "8-bit block-wise quantised" if bits == 8 else "32-bit"
     return f"{size} state" + (", paged (moved to CPU memory under GPU memory pressure; ordinary buffers on CPU)" if paged else "")
@@ -56,6 +60,7 @@ def _adamw(name: str, bits: int, paged: bool, alias_of: str = "") -> OptimizerSp
         requires=_REQUIRES,
         hparams=frozenset({"lr", "betas", "eps", "weight_decay"}),
         options=(_MIN_8BIT,) if bits == 8 else (),
+        distributed=_BLOCKWISE if bits == 8 else Distributed(),
         fixed={"optim_bits": bits, "is_paged": paged},
         embedding_32bit=bits == 8,
         state_bytes=2.03 if bits == 8 else 8.0,
@@ -76,6 +81,7 @@ def _ademamix(name: str, bits: int, paged: bool) -> OptimizerSpec:
         requires=_REQUIRES,
         hparams=frozenset({"lr", "betas", "eps", "weight_decay"}),
         options=_ADEMAMIX_OPTIONS + ((_MIN_8BIT,) if bits == 8 else ()),
+        distributed=_BLOCKWISE if bits == 8 else Distributed(),
         fixed={"optim_bits": bits, "is_paged": paged},
         builder=f"{_SHIMS}:ademamix",
         # (beta1, beta2) and beta3 from its option, or all three in betas
@@ -99,6 +105,7 @@ def _lion(name: str, bits: int, paged: bool) -> OptimizerSpec:
         requires=_REQUIRES,
         hparams=frozenset({"lr", "betas", "weight_decay"}),
         options=(_MIN_8BIT,) if bits == 8 else (),
+        distributed=_BLOCKWISE if bits == 8 else Distributed(),
         fixed={"optim_bits": bits, "is_paged": paged},
         embedding_32bit=bits == 8,
         state_bytes=1.02 if bits == 8 else 4.0,
@@ -116,6 +123,7 @@ def _rmsprop(name: str, bits: int) -> OptimizerSpec:
         requires=_REQUIRES,
         hparams=frozenset({"lr", "weight_decay"}),
         options=_RMSPROP_OPTIONS + ((_MIN_8BIT,) if bits == 8 else ()),
+        distributed=_BLOCKWISE if bits == 8 else Distributed(),
         fixed={"optim_bits": bits},
         checks=(bnb_rmsprop,),
         embedding_32bit=bits == 8,

@@ -7,11 +7,13 @@ switch to it silently: a CPU run is refused unless ``optim_args="quantize=false"
 
 from __future__ import annotations
 
-from ..spec import UNIT, OptimizerSpec, Requirement, opt
+from ..spec import UNIT, Distributed, OptimizerSpec, Requirement, opt
 from .checks import nesterov_needs_momentum
 
 _REQ = (Requirement("flashoptim", "flashoptim", "0.1.4", extra="flashoptim"),)
 _BUILDER = "optim_registry.families.flashoptim:build"
+#: int8 state quantised in groups of each tensor: under ZeRO the groups run over the flat partitions.
+_DISTRIBUTED = Distributed(zero_math="blockwise")
 
 _CPU_POLICY = (
     " CUDA runs get the quantised, fused path with 24-bit master weights for bf16/fp16 weights "
@@ -49,6 +51,7 @@ RECORDS = (
         weight_decay_kwarg=True,
         options=_FLASH,
         builder=_BUILDER,
+        distributed=_DISTRIBUTED,
         supports_layerwise=False,
         paper="arXiv:2602.23349",
     ),
@@ -62,6 +65,7 @@ RECORDS = (
         weight_decay_kwarg=True,
         options=(*_FLASH, _DECOUPLE_LR),
         builder=_BUILDER,
+        distributed=_DISTRIBUTED,
         supports_layerwise=False,
         paper="arXiv:2602.23349",
     ),
@@ -77,6 +81,7 @@ RECORDS = (
         weight_decay_kwarg=True,
         options=(*_FLASH, _DECOUPLE_LR),
         builder=_BUILDER,
+        distributed=_DISTRIBUTED,
         supports_layerwise=False,
         paper="arXiv:2602.23349, arXiv:2302.06675",
     ),
@@ -92,6 +97,7 @@ RECORDS = (
         options=(*_FLASH, *_SGD),
         checks=(nesterov_needs_momentum,),
         builder=_BUILDER,
+        distributed=_DISTRIBUTED,
         supports_layerwise=False,
         paper="arXiv:2602.23349",
     ),
@@ -107,6 +113,7 @@ RECORDS = (
         options=(*_FLASH, *_SGD, _DECOUPLE_LR),
         checks=(nesterov_needs_momentum,),
         builder=_BUILDER,
+        distributed=_DISTRIBUTED,
         supports_layerwise=False,
         paper="arXiv:2602.23349",
     ),

@@ -7,7 +7,7 @@ parameter shape is compiled (tens of seconds on a small CPU; a C compiler is nee
 
 from __future__ import annotations
 
-from ..spec import AT_LEAST_ONE, OptimizerSpec, Requirement, opt
+from ..spec import AT_LEAST_ONE, Distributed, OptimizerSpec, Requirement, opt
 
 _REQUIRES = (Requirement("torchao", "torchao", "0.11.0", extra="torchao"),)
 _FAMILY = "torchao"
@@ -50,6 +50,8 @@ def _ao(name: str, kind: str, description: str) -> OptimizerSpec:
         hparams=_HP,
         options=_OPTIONS,
         state_bytes=bytes_per_param,
+        # block-wise quantised state: under ZeRO the blocks run over the flat partitions
+        distributed=Distributed(zero_math="blockwise"),
         resume="state_dict (quantised state tensors stored as plain tensors plus metadata)",
         paper={"4bit": "arXiv:2309.01507", "8bit": "arXiv:2110.02861", "fp8": "arXiv:2310.18313"}[kind],
     )
