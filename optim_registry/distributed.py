@@ -25,6 +25,10 @@ class Backend:
     deepspeed_optimizer: str | None = None  # the "optimizer.type" of a DeepSpeed config, if any
 
 
+#: FSDP2 as the arguments imply it, or as the build sees it in a model's DTensor parameters.
+FSDP2 = Backend("fsdp2", "FSDP2 (fully_shard, DTensor parameters)")
+
+
 def _load_deepspeed_config(value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
@@ -72,7 +76,7 @@ def detect_backend(args: Any) -> Backend:
         orig = config.get("use_orig_params", True) if isinstance(config, dict) else True
         if str(version) == "2":
             # fully_shard: DTensor parameters that keep their global shapes (see optim_registry.sharded).
-            return Backend("fsdp2", "FSDP2 (fully_shard, DTensor parameters)")
+            return FSDP2
         return Backend("fsdp", "FSDP1" + ("" if orig else " (flattened parameters)"))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:
@@ -96,11 +100,18 @@ def check_distributed(spec: OptimizerSpec, args: Any, *, default_optim: str = "a
             f"optim={spec.name!r} chooses another; DeepSpeed would silently use its own. Remove the "
             "'optimizer' block from the DeepSpeed config to use optim, or drop the optim choice."
         )
+    check_support(spec, backend)
+    return backend
+
+
+def check_support(spec: OptimizerSpec, backend: Backend) -> None:
+    """``ValueError`` naming the back-end when the record says it cannot train under it (the one refusal, asked
+    from the arguments and, for a model already sharded by FSDP2, by the build)."""
     verdict = support(spec, backend.kind)
     if verdict is not True:
         reason = f": {verdict}" if isinstance(verdict, str) else ""
         raise ValueError(
             f"optim={spec.name!r} does not support {backend.detail}{reason}. "
-            "See `optim-registry show " + spec.name + "` for what it supports, or choose another optimizer."
+            "See `optim-registry show " + spec.name + "` for what it supports, or choose another optimizer "
+            "(docs/distributed.md)."
         )
-    return backend

@@ -17,7 +17,33 @@ import typing
 from dataclasses import replace
 from typing import Any
 
-from .spec import Option, with_guessed_range
+from .spec import Option
+
+_RATE = re.compile(r"(^|_)lr($|_)")
+_EPS = re.compile(r"(^|_)eps(_?\d+)?$")
+_DECAY = re.compile(r"(^|_)weight_decay($|_)")
+_BETA = re.compile(r"^betas?\d*$|_beta\d*$")
+
+
+def with_guessed_range(option: Option) -> Option:
+    """``option`` with the obvious range its name implies, for options typed from a signature.
+
+    Rates (``lr``, ``*_lr``), epsilons, weight decays, betas and momentum cannot be negative; a tuple
+    default fixes the tuple's length. A default that already breaks the guess (a negative ``lr_power``)
+    means the name misleads, and the option is left as it is.
+    """
+    numeric = ("int", "float", "floats", "ints", "any")
+    if option.type not in numeric or option.low is not None or option.high is not None:
+        return option
+    changes: dict[str, Any] = {}
+    defaults = option.default if isinstance(option.default, (tuple, list)) else (option.default,)
+    numbers = [d for d in defaults if isinstance(d, (int, float)) and not isinstance(d, bool)]
+    named = any(p.search(option.name) for p in (_RATE, _EPS, _DECAY, _BETA)) or option.name == "momentum"
+    if named and all(n >= 0 for n in numbers):
+        changes["low"] = 0.0
+    if option.type in ("floats", "ints") and isinstance(option.default, (tuple, list)) and option.length is None:
+        changes["length"] = len(option.default)
+    return replace(option, **changes) if changes else option
 
 
 def signature_options(cls: Any, skip: set[str], *, ranges: bool = False) -> tuple[Option, ...]:

@@ -12,7 +12,8 @@ import torch
 from transformers.optimization import get_scheduler
 
 from optim_registry import OptimTrainer, TrainingArguments, create_scheduler
-from optim_registry.schedulers import check_scheduler_args, schedulers
+from optim_registry.plan import check_scheduler_args
+from optim_registry.schedulers import schedulers
 from optim_registry.testing import TokenDataset, arguments, tiny_model, training_args
 
 N, W, LR = 20, 3, 0.1
