@@ -303,9 +303,25 @@ def check_hyperparameter_fields(spec: OptimizerSpec, args: Any, given: Mapping[s
             continue
         for option in fields:
             value = getattr(args, option.name, None)
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            if value is None:
                 continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                # set_optimizer(learning_rate="abc") stores whatever it is given: say which field and the fix.
+                try:
+                    value = coerce(option, value, where="TrainingArguments")
+                except ValueError:
+                    example, setter_key = _EXAMPLES[option.name]
+                    raise ValueError(
+                        f"TrainingArguments.{option.name}={shorten(value)} is not a number; give a number, e.g. "
+                        f"{option.name}={example} (set_optimizer(name, {setter_key}={example}) sets it)"
+                    ) from None
             check_range(option, float(value), where="TrainingArguments")
+
+
+#: A usual value of each TrainingArguments hyperparameter field and ``set_optimizer``'s keyword for it.
+_EXAMPLES = {"learning_rate": ("1e-3", "learning_rate"), "adam_beta1": ("0.9", "beta1"),
+             "adam_beta2": ("0.999", "beta2"), "adam_epsilon": ("1e-8", "epsilon"),
+             "weight_decay": ("0.01", "weight_decay")}
 
 
 def record_values(spec: OptimizerSpec, given: Mapping[str, Any], hp: Mapping[str, Any]) -> Values:

@@ -308,7 +308,13 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
 
     meta = dict(meta or {})
     if isinstance(obj, OptimizerSpec):
-        return obj.variant(name=name, source=source, **meta)
+        return _checked(obj.variant(name=name, source=source, **meta), obj.target)
+    if isinstance(obj, type) and not issubclass(obj, torch.optim.Optimizer):
+        raise PluginError(
+            f"optimizer plugin {name!r} from {source!r} points at the class {qualname(obj)}, which is not a "
+            "torch.optim.Optimizer subclass: register an Optimizer subclass, an OptimizerSpec, or a builder "
+            "function (ctx: BuildContext) -> (optimizer class or factory, kwargs) (docs/plugins.md)"
+        )
     if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
         import inspect
 
@@ -326,8 +332,15 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
             "options": signature_options(obj, skip=set(hparams) | {"params"}, ranges=True),
         }
         fields.update(meta)
-        return OptimizerSpec(name=name, source=source, **fields)
+        return _checked(OptimizerSpec(name=name, source=source, **fields), obj)
     if callable(obj):
+        problem = builder_problem(obj)
+        if problem:
+            raise PluginError(
+                f"optimizer plugin {name!r} from {source!r}: its builder {problem}. A builder is a function "
+                "(ctx: BuildContext) -> (optimizer class or factory, kwargs dict); to register an optimizer class, "
+                "pass a torch.optim.Optimizer subclass instead (docs/plugins.md)."
+            )
         fields = {
             "target": obj,
             "builder": obj,
@@ -415,6 +428,47 @@ def builder_problem(builder: Any) -> str | None:
     except ValueError:  # no signature (a builtin): let the call decide
         pass
     return None
+
+
+def unpassed_arguments(spec: OptimizerSpec, cls: Any) -> list[str]:
+    """The constructor arguments of ``cls`` (a record's optimizer class) that have no default and that the
+    registry never passes: not the parameters (first, positional), not a hyperparameter the record takes, not
+    a declared option, not ``fixed``."""
+    import inspect
+
+    if spec.builder is not None or not isinstance(cls, type):
+        return []
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # after self
+    except (TypeError, ValueError):
+        return []
+    passed = set(spec.option_map) | set(spec.fixed) | (set(spec.hparams) & {"lr", "betas", "eps", "weight_decay"})
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params_arg = positional[0].name if positional else None  # the registry passes the groups here
+    return [
+        p.name for p in params
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name != params_arg and p.name not in passed
+    ]
+
+
+def _checked(spec: OptimizerSpec, cls: Any) -> OptimizerSpec:
+    """``spec``, refused when its class needs a constructor argument the registry would never pass."""
+    missing = unpassed_arguments(spec, cls)
+    if missing:
+        import inspect
+
+        kinds = {p.name: p.kind for p in inspect.signature(cls.__init__).parameters.values()}
+        what = ", ".join(
+            f"{'keyword-only ' if kinds[m] is inspect.Parameter.KEYWORD_ONLY else ''}argument {m!r}" for m in missing
+        )
+        raise PluginError(
+            f"optimizer plugin {spec.name!r} from {spec.source!r}: {qualname(cls)}.__init__ needs {what} without a "
+            "default, which the registry never passes (it passes the parameters, the hyperparameters the record "
+            "takes, its declared options and `fixed`). Give the argument a default, declare it as an option "
+            f"(options=(Option({missing[0]!r}, 'float', required=True),) when registering), or register a builder."
+        )
+    return spec
 
 
 def load_builder(spec: OptimizerSpec) -> Callable[..., Any]:

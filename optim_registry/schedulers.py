@@ -53,13 +53,31 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
     meta = dict(meta or {})
     if isinstance(obj, SchedulerSpec):
         return replace(obj, name=name, source=source, **meta)
+    shape = ("an LRScheduler subclass, or a function (optimizer, num_warmup_steps, num_training_steps, **kwargs) "
+             "-> LRScheduler (docs/plugins.md)")
     if not callable(obj):
-        raise PluginError(f"scheduler plugin {name!r} from {source!r} points at {obj!r}: not callable")
+        raise PluginError(f"scheduler plugin {name!r} from {source!r} points at {obj!r}: not callable; register {shape}")
     is_class = isinstance(obj, type) and issubclass(obj, torch.optim.lr_scheduler.LRScheduler)
+    if isinstance(obj, type) and not is_class and not issubclass(obj, _metric_driven_types()):
+        raise PluginError(
+            f"scheduler plugin {name!r} from {source!r} points at the class {obj.__qualname__}, which is not a "
+            f"torch.optim.lr_scheduler.LRScheduler subclass; register {shape}"
+        )
     try:
-        params = inspect.signature(obj.__init__ if is_class else obj).parameters
+        params = inspect.signature(obj.__init__ if isinstance(obj, type) else obj).parameters
     except (TypeError, ValueError):
         params = {}
+    else:
+        listed = list(params.values())[1 if isinstance(obj, type) else 0:]
+        takes_optimizer = any(p.kind is p.VAR_POSITIONAL for p in listed) or (
+            bool(listed) and listed[0].kind in (listed[0].POSITIONAL_ONLY, listed[0].POSITIONAL_OR_KEYWORD)
+        )
+        if not takes_optimizer:
+            label = getattr(obj, "__qualname__", None) or type(obj).__name__
+            raise PluginError(
+                f"scheduler plugin {name!r} from {source!r} points at {label}{inspect.signature(obj)}, which takes no "
+                f"positional argument for the optimizer the Trainer passes first; register {shape}"
+            )
     takes = frozenset(a for a in STEP_ARGS if a in params)
     skip = {"optimizer", "last_epoch", "verbose", *STEP_ARGS}
     fields = {

@@ -14,8 +14,15 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-#: Types an option may declare; ``optim_args.coerce`` knows how to read each from a string.
-OPTION_TYPES = frozenset({"int", "float", "bool", "str", "floats", "ints", "dtype", "any"})
+#: Types an option may declare; ``optim_args.coerce`` knows how to read each from a string, or refuses a string:
+#: ``callable`` and ``object`` (a function, a process group, a dict of settings) only come in a dict ``optim_args``.
+#: ``float_or_floats`` is a number or a tuple of them (one per param group). ``any`` is for a plugin option whose
+#: constructor says nothing about its type (no default, no annotation): the string is typed as it reads.
+OPTION_TYPES = frozenset(
+    {"int", "float", "bool", "str", "floats", "ints", "float_or_floats", "dtype", "callable", "object", "any"}
+)
+#: Types a string can never give.
+OBJECT_TYPES = frozenset({"callable", "object"})
 
 #: What an option is for, where a tool needs to know (``Option.role``): ``rate`` a learning rate (a resume with
 #: another value is a changed setting, not another optimizer), ``rank`` a low-rank projection's rank (the
@@ -66,6 +73,8 @@ class Option:
     finite: bool = True
     #: The constructor has no default for it (plugins typed from a signature): ``optim_args`` must give it.
     required: bool = False
+    #: A tuple's numbers may each be ``none`` (torch's Adafactor ``eps=(None, 1e-3)``).
+    item_nullable: bool = False
     #: What the option is for, where a tool needs to know (one of ``ROLES``), else ``None``.
     role: str | None = None
 

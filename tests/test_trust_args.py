@@ -304,14 +304,16 @@ def _two_arguments(ctx, other):
     return torch.optim.SGD, {}
 
 
-@pytest.mark.parametrize("obj", [_NotAnOptimizer, _two_arguments])
-def test_plugin_that_is_not_a_builder_is_refused_when_arguments_are_created(obj):
-    register_optimizer("t_trust_not_builder", obj)
-    try:
-        refused(["'t_trust_not_builder'", obj.__qualname__, "one argument", "Optimizer subclass"],
-                "t_trust_not_builder")
-    finally:
-        unregister_optimizer("t_trust_not_builder")
+@pytest.mark.parametrize("obj, why", [(_NotAnOptimizer, "which is not a torch.optim.Optimizer subclass"),
+                                      (_two_arguments, "cannot be called with one argument")])
+def test_plugin_that_is_not_a_builder_is_refused_when_registered(obj, why):
+    from optim_registry.registry import optimizers
+
+    with pytest.raises(ValueError) as info:
+        register_optimizer("t_trust_not_builder", obj)
+    for part in ("'t_trust_not_builder'", obj.__qualname__, why, "Optimizer subclass"):
+        assert part in str(info.value)
+    assert "t_trust_not_builder" not in optimizers
 
 
 # -- silently accepted before ----------------------------------------------------------------------
