@@ -20,7 +20,7 @@ from .optim_args import shorten
 from .param_groups import DEFAULT_MATRIX_EXCLUDE, build_groups, routes, split_matrix_groups
 from .plan import Plan, plan_of
 from .registry import load_builder, optimizers, qualname
-from .runnable import check_here, check_training_args, on_cpu
+from .runnable import check_here, on_cpu
 from .spec import OptimizerSpec, is_factory, plain_name
 
 
@@ -193,12 +193,13 @@ def resolve(
     args: Any, model: Any = None, *, facts: TrainerFacts | None = None
 ) -> tuple[Any, dict[str, Any], BuildContext]:
     """``get_optimizer_cls_and_kwargs`` and the ``BuildContext`` it was made from (its planned groups)."""
-    # Installed and trainable through a Trainer before what the arguments mean (the device is judged where
-    # the model is known: create_optimizer, the Trainer).
-    check_here(optimizers.get(plain_name(args.optim)))
-    spec = plan_of(args).spec
+    # Installed, trainable through a Trainer and able to train the model as it is sharded, before what the
+    # arguments mean (the device is judged where the model is known: create_optimizer, the Trainer).
+    spec = optimizers.get(plain_name(args.optim))
+    check_here(spec)
     fsdp2 = check_fsdp2(spec, model)
     ctx = make_context(args, model, facts=facts)
+    spec = ctx.spec
     if spec.builder is not None:
         builder = load_builder(spec)
         cls, kwargs = checked_result(spec, builder, builder(ctx))
@@ -298,13 +299,13 @@ def instantiate(
 
 def create_optimizer(args: Any, model: Any, *, facts: TrainerFacts | None = None) -> Any:
     """The whole build: weight-decay groups, ``optim_target_modules``, layer-wise hooks, 8-bit overrides."""
-    plan = check_training_args(args, building=True, model=model)
+    check_here(optimizers.get(plain_name(args.optim)), on_cpu=on_cpu(model, args))
     cls, kwargs, ctx = resolve(args, model, facts=facts)
     optimizer = instantiate(
-        cls, kwargs, model, lambda: build_groups(label_parameters(model), weight_decay=plan.weight_decay)
+        cls, kwargs, model, lambda: build_groups(label_parameters(model), weight_decay=ctx.plan.weight_decay)
     )
     check_rules_applied(ctx, optimizer)
-    finalize(optimizer, plan.spec, model)
+    finalize(optimizer, ctx.spec, model)
     return optimizer
 
 

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import math
-import os
 import threading
 import warnings
 import weakref
@@ -163,8 +162,10 @@ def _snapshot(args: Any, fields: tuple[str, ...]) -> tuple[Any, ...]:
 
 
 def _environment() -> tuple[Any, ...]:
-    # What the plan reads besides the arguments: the launcher's world size, and the registries' contents.
-    return os.environ.get("WORLD_SIZE"), optimizers.generation, schedulers.generation
+    # What the plan reads besides the arguments: the registries' contents. The launcher's WORLD_SIZE (the
+    # distributed facts) is read when the plan is made, as when the arguments are created: a build later in
+    # another environment judges the model it is given (an FSDP2-sharded one: build.check_fsdp2).
+    return optimizers.generation, schedulers.generation
 
 
 @dataclass
