@@ -18,7 +18,7 @@ _LAZY = {
     "RegistryArgumentsMixin": "trainer",
     "get_optimizer_cls_and_kwargs": "build",
     "create_optimizer": "build",
-    "create_scheduler": "schedulers",
+    "create_scheduler": "build",
     "register_optimizer": "registry",
     "unregister_optimizer": "registry",
     "register_scheduler": "schedulers",

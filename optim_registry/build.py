@@ -1,39 +1,33 @@
-"""The only place the parts meet: name + arguments + model -> ``(cls_or_factory, kwargs)`` -> optimizer.
+"""The only place the parts meet: a plan + a model -> ``(cls_or_factory, kwargs)`` -> optimizer (and scheduler).
 
 ``get_optimizer_cls_and_kwargs`` keeps transformers' contract (magic keys ``params``, ``model``,
 ``optimizer_dict``; factories called ``factory()(model, **kwargs)``), so the stock
-``Trainer.create_optimizer`` can consume what it returns. Everything that can go wrong is checked
-here, before the model is touched.
+``Trainer.create_optimizer`` can consume what it returns. What the arguments mean comes from their
+``plan.Plan`` (resolved once); what a Trainer knows beyond them (its decay names, the run's length) comes in
+as ``TrainerFacts``, explicitly. Everything that can go wrong is checked before the model is touched.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import inspect
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import deps, zero
-from .distributed import detect_backend
-from .optim_args import check_range, coerce, parse_options, shorten
-from .param_groups import build_groups, target_linear_weights
-from .spec import (
-    HPARAM_FIELDS,
-    OptimizerSpec,
-    Option,
-    Values,
-    group_option_table,
-    is_factory,
-    option_table,
-)
+from .distributed import FSDP2, check_support
+from .labels import ParamTable, label_parameters
+from .optim_args import shorten
+from .param_groups import DEFAULT_MATRIX_EXCLUDE, build_groups, routes, split_matrix_groups
+from .plan import Plan, plan_of
+from .registry import load_builder, optimizers, qualname
+from .runnable import check_here, on_cpu
+from .spec import OptimizerSpec, is_factory, plain_name
 from .zero import ZERO_KINDS
 
 
 @dataclass(frozen=True)
-class TrainerScope:
-    """What the Trainer knows about the build in progress beyond the arguments (unset: ``None``)."""
+class TrainerFacts:
+    """What a Trainer knows about the build beyond the arguments (unset: ``None``), passed explicitly."""
 
     #: The weight-decay parameter names from the Trainer's ``get_decay_parameter_names`` (users may override it).
     decay_names: frozenset[str] | None = None
@@ -41,37 +35,7 @@ class TrainerScope:
     training_steps: int | None = None
 
 
-_NO_TRAINER = TrainerScope()  # frozen: safe to share as the default
-#: The one piece of state a Trainer hands to the builds inside it; set only by ``trainer_scope``.
-_SCOPE: contextvars.ContextVar[TrainerScope] = contextvars.ContextVar("optim_registry_scope", default=_NO_TRAINER)
-
-
-@contextlib.contextmanager
-def trainer_scope(
-    *, decay_names: Iterable[str] | None = None, training_steps: int | None = None
-) -> Iterator[TrainerScope]:
-    """Builds inside this block use these decay names and know the run's length; unset fields are inherited."""
-    outer = _SCOPE.get()
-    scope = TrainerScope(
-        decay_names=outer.decay_names if decay_names is None else frozenset(decay_names),
-        training_steps=outer.training_steps if training_steps is None else training_steps,
-    )
-    token = _SCOPE.set(scope)
-    try:
-        yield scope
-    finally:
-        _SCOPE.reset(token)
-
-
-def current_decay_names() -> set[str] | None:
-    """The Trainer's weight-decay parameter names for the build in progress (None: the default split)."""
-    names = _SCOPE.get().decay_names
-    return None if names is None else set(names)
-
-
-def current_training_steps() -> int | None:
-    """The run's total optimizer steps when a Trainer said them, else ``None``."""
-    return _SCOPE.get().training_steps
+NO_FACTS = TrainerFacts()
 
 
 @dataclass
@@ -87,6 +51,9 @@ class BuildContext:
     groups: list[dict[str, Any]] | None = None  # param groups (weight decay / targets / routing / rules)
     given: dict[str, Any] = field(default_factory=dict)  # exactly what optim_args said, typed
     rules: tuple[Any, ...] = ()  # parsed optim_groups rules (already applied to ``groups``)
+    plan: Plan | None = None  # what the arguments mean (every field above that comes from them is its copy)
+    facts: TrainerFacts = NO_FACTS  # what the Trainer said: its decay names, the run's length
+    labels: ParamTable | None = None  # each parameter's labels (decay, target, kind, LoRA, rules), with a model
 
     def target(self) -> Any:
         return load_target(self.spec)
@@ -107,15 +74,13 @@ class BuildContext:
     @property
     def num_training_steps(self) -> int | None:
         """Total optimizer steps of the run: known inside a Trainer, else ``args.max_steps`` if set."""
-        known = current_training_steps()
-        if known is not None:
-            return known
-        max_steps = int(getattr(self.args, "max_steps", -1) or -1)
-        return max_steps if max_steps > 0 else None
+        if self.facts.training_steps is not None:
+            return self.facts.training_steps
+        return self.plan.max_steps if self.plan is not None else None
 
     @property
     def on_cpu(self) -> bool:
-        """Whether this run's parameters live on the CPU (``on_cpu``: the one device rule)."""
+        """Whether this run's parameters live on the CPU (``runnable.on_cpu``: the one device rule)."""
         return on_cpu(self.model, self.args)
 
     def require_model(self) -> Any:
@@ -124,235 +89,84 @@ class BuildContext:
         return self.model
 
 
-def on_cpu(model: Any = None, args: Any = None) -> bool:
-    """The one device rule: whether the run's parameters live on the CPU.
-
-    With a model, where its trainable parameters are (one on the CPU is enough: a CUDA-only kernel would
-    meet it). Without one, ``TrainingArguments.use_cpu``, or no CUDA GPU on this machine.
-    """
-    params = []
-    if model is not None and hasattr(model, "parameters"):
-        params = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
-    if params:
-        return any(p.device.type == "cpu" for p in params)
-    if args is not None and getattr(args, "use_cpu", False):
-        return True
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-def sent_options(spec: OptimizerSpec, given: dict[str, Any]) -> dict[str, Any]:
-    """The options passed on to the optimizer: those ``optim_args`` gave, plus defaults marked ``send``."""
-    sent = {o.name: typed_default(o) for o in spec.options if o.send}
-    sent.update({k: v for k, v in given.items() if k in spec.option_map})
-    return sent
-
-
-def typed_default(option: Option) -> Any:
-    """An option's default as the optimizer takes it: a dtype declared by name becomes the torch dtype.
-
-    Records name dtypes as strings so that listing them imports no torch; building imports it anyway.
-    """
-    if option.type == "dtype" and isinstance(option.default, str):
-        try:
-            return coerce(option, option.default, where="the record's default")
-        except ValueError:  # a dtype torch names differently: the library reads its own spelling
-            return option.default
-    return option.default
-
-
 def load_target(spec: OptimizerSpec) -> Any:
     target = spec.target
     return deps.import_target(spec.name, target, spec.requires) if isinstance(target, str) else target
 
 
-def _name_of(args: Any) -> str:
-    optim = getattr(args, "optim", None)
-    return str(getattr(optim, "value", optim))
+def make_context(args: Any, model: Any = None, *, facts: TrainerFacts | None = None) -> BuildContext:
+    """Everything for ``args.optim`` typed and checked (from its plan), and the groups when a model is given.
 
-
-def spec_for(name: str) -> OptimizerSpec:
-    from .registry import optimizers
-
-    return optimizers.get(name)
-
-
-def parse_group_rules(spec: OptimizerSpec, raw: Any) -> tuple[Any, ...]:
-    """Typed ``optim_groups`` rules for ``spec``; refuses names whose update cannot honour them."""
-    from .group_rules import load_rules, parse_rules
-
-    if raw is None or (not isinstance(raw, str) and not load_rules(raw)):
-        return ()
-    rules = parse_rules(raw, group_option_table(spec), subject=f"optim={spec.name!r}")
-    if rules and spec.needs_model:
-        raise ValueError(
-            f"optim={spec.name!r} is built with the whole model and steps every parameter with one rate and "
-            "weight decay (LOMO-style fused backward or a model-built optimizer), so optim_groups rules cannot "
-            "apply. Drop optim_groups, or choose a name that takes param groups (e.g. optim='adamw_torch')."
-        )
-    return rules
-
-
-def parse_optim_args(spec: OptimizerSpec, raw: Any) -> dict[str, Any]:
-    """Typed ``optim_args`` for ``spec`` (record options and hyperparameter overrides together)."""
-    return parse_options(raw, option_table(spec), subject=f"optim={spec.name!r}")
-
-
-def hyperparameters(spec: OptimizerSpec, args: Any, given: dict[str, Any]) -> dict[str, Any]:
-    """lr / betas / eps / weight_decay from the TrainingArguments, overridden by ``optim_args``."""
-    values = {
-        "lr": float(args.learning_rate),
-        "betas": (float(args.adam_beta1), float(args.adam_beta2)),
-        "eps": float(args.adam_epsilon),
-        "weight_decay": float(args.weight_decay),
-    }
-    for key in values:
-        if given.get(key) is not None:
-            values[key] = given[key]
-    return values
-
-
-def check_hyperparameter_fields(spec: OptimizerSpec, args: Any, given: dict[str, Any]) -> None:
-    """The TrainingArguments fields the optimizer will use, in range (nan and inf refused).
-
-    ``learning_rate`` and ``weight_decay`` go into every param group; ``adam_beta1/2`` and
-    ``adam_epsilon`` only matter to records that take ``betas`` / ``eps``. A value overridden in
-    ``optim_args`` is checked there instead.
+    Touches nothing in the model.
     """
-    for key, fields in HPARAM_FIELDS.items():
-        used = key in spec.hparams or key in ("lr", "weight_decay")
-        if not used or given.get(key) is not None:
-            continue
-        for option in fields:
-            value = getattr(args, option.name, None)
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            check_range(option, float(value), where="TrainingArguments")
-
-
-def record_values(spec: OptimizerSpec, given: dict[str, Any], hp: dict[str, Any]) -> Values:
-    """Every value the optimizer will be built with: option defaults, ``fixed``, what optim_args gave, hparams."""
-    values = Values({o.name: o.default for o in spec.options})
-    values.given = frozenset(given)
-    values.update(spec.fixed)
-    values.update(given)
-    for key in ("lr", "betas", "eps", "weight_decay"):
-        if key in spec.hparams:
-            values[key] = hp[key]
-    return values
-
-
-def check_values(spec: OptimizerSpec, args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Typed ``optim_args`` and the resolved hyperparameters, after every check the arguments alone allow.
-
-    Types, ranges and tuple lengths (the parser), the TrainingArguments fields the optimizer uses,
-    options the constructor cannot do without, and the record's cross-field ``checks``.
-    """
-    given = parse_optim_args(spec, getattr(args, "optim_args", None))
-    check_hyperparameter_fields(spec, args, given)
-    missing = [o.name for o in spec.options if o.required and o.name not in given and o.name not in spec.fixed]
-    if missing:
-        example = ",".join(f"{m}=..." for m in missing)
-        raise ValueError(
-            f"optim={spec.name!r} needs optim_args key(s) {', '.join(repr(m) for m in missing)}: the optimizer's "
-            f"constructor has no default for them. Pass optim_args=\"{example}\", or give the constructor "
-            "argument a default when registering it."
-        )
-    hp = hyperparameters(spec, args, given)
-    values = record_values(spec, given, hp)
-    for check in spec.checks:
-        problem = check(values)
-        if problem:
-            raise ValueError(f"optim={spec.name!r}: {problem}")
-    return given, hp
-
-
-def make_context(args: Any, model: Any = None, spec: OptimizerSpec | None = None) -> BuildContext:
-    """Resolve, check and type everything for ``args.optim`` without touching the model."""
-    spec = spec or spec_for(_name_of(args))
-    given, hp = check_values(spec, args)
-    options = {o.name: given[o.name] if o.name in given else typed_default(o) for o in spec.options}
-    kwargs: dict[str, Any] = {"lr": hp["lr"]}
-    for key in ("betas", "eps"):
-        if key in spec.hparams:
-            kwargs[key] = hp[key]
-    if spec.weight_decay_kwarg and "weight_decay" in spec.hparams:
-        # The groups carry it too; this covers a plain parameter list, where the library's own default
-        # (often 0.01) would apply instead of TrainingArguments'.
-        kwargs["weight_decay"] = hp["weight_decay"]
-    kwargs.update(spec.fixed)
-    kwargs.update({k: v for k, v in sent_options(spec, given).items() if k not in spec.target_options})
-    rules = parse_group_rules(spec, getattr(args, "optim_groups", None))
+    plan = plan_of(args)
+    spec = plan.spec
     ctx = BuildContext(
-        spec=spec, args=args, model=model, options=options, hparams=hp, kwargs=kwargs, given=given, rules=rules
+        spec=spec, args=args, model=model, options=dict(plan.options), hparams=dict(plan.hparams),
+        kwargs=dict(plan.kwargs), given=dict(plan.given), rules=plan.rules, plan=plan, facts=facts or NO_FACTS,
     )
-    if (spec.needs_model or spec.target_modules or spec.layerwise or spec.routing or rules) and model is None:
+    if (spec.needs_model or spec.target_modules or spec.layerwise or spec.routing or plan.rules) and model is None:
         ctx.require_model()
     if model is not None:
+        ctx.labels = label_parameters(
+            model, decay_names=ctx.facts.decay_names, target_patterns=plan.target_patterns,
+            subject=f"optim={spec.name!r}", rules=plan.rules,
+            exclude=routing_policy(spec, ctx.options)["exclude"] if spec.routing else None,
+        )
         ctx.groups = compose_groups(ctx)
     return ctx
 
 
 def compose_groups(ctx: BuildContext) -> list[dict[str, Any]]:
-    """The one place groups are made: weight-decay split x target modules, matrix routing, then the rules.
+    """The one place groups are made, from the labels: weight-decay split x target modules, matrix routing, then
+    the rules.
 
     Pure over the model (nothing in it changes); every mistake is raised before anything is built.
     """
-    spec, model, hp = ctx.spec, ctx.model, ctx.hparams
-    targets: list[str] = []
-    if spec.target_modules:
-        targets = target_linear_weights(
-            model, getattr(ctx.args, "optim_target_modules", None), subject=f"optim={spec.name!r}"
-        )
-    target_opts = {k: v for k, v in sent_options(spec, ctx.given).items() if k in spec.target_options}
-    decay_names = current_decay_names()
-    groups = build_groups(
-        model, weight_decay=hp["weight_decay"], decay_names=decay_names, targets=targets, target_options=target_opts
-    )
-    if spec.routing is not None:
+    table = ctx.labels
+    groups = build_groups(table, weight_decay=ctx.hparams["weight_decay"], target_options=ctx.plan.target_options)
+    if ctx.spec.routing is not None:
         groups = _route(ctx, groups)
     if ctx.rules:
         from .group_rules import compose
-        from .param_groups import decay_parameter_names
 
-        decay = set(decay_parameter_names(model) if decay_names is None else decay_names)
-        no_decay = {n for n, p in model.named_parameters() if p.requires_grad and n not in decay}
-        groups = compose(model, groups, ctx.rules, default_lr=hp["lr"], no_decay=no_decay)
+        groups = compose(table, groups, ctx.rules, default_lr=ctx.hparams["lr"])
     return groups
 
 
-def matrix_routes(spec: OptimizerSpec, options: dict[str, Any], model: Any) -> dict[str, str]:
-    """Each trainable parameter's route under ``spec.routing`` (see ``param_groups.ROUTES``)."""
-    from .param_groups import DEFAULT_MATRIX_EXCLUDE, route_matrices
-
-    routing = spec.routing
+def routing_policy(spec: OptimizerSpec, options: dict[str, Any]) -> dict[str, Any]:
+    """How ``spec.routing`` sends parameters, from the record's routing options (their defaults where it has none)."""
     declared = spec.option_map
-    exclude = options["exclude"] if "exclude" in declared else DEFAULT_MATRIX_EXCLUDE
-    lora = options["lora_to_adamw"] if "lora_to_adamw" in declared else True
-    experts = bool(routing and routing.experts) and bool(options.get("expert_matrices", True))
-    return route_matrices(model, exclude=exclude, lora_to_adamw=bool(lora), experts=experts)
+
+    def option(name: str, default: Any) -> Any:
+        return options[name] if name in declared else default
+
+    return {
+        "exclude": option("exclude", DEFAULT_MATRIX_EXCLUDE),
+        "lora_to_adamw": bool(option("lora_to_adamw", True)),
+        "experts": bool(spec.routing and spec.routing.experts) and bool(option("expert_matrices", True)),
+        "router_to_adamw": bool(option("router_to_adamw", True)),
+    }
+
+
+def matrix_routes(ctx: BuildContext) -> dict[str, str]:
+    """Each trainable parameter's route under the record's routing (see ``param_groups.ROUTES``)."""
+    policy = routing_policy(ctx.spec, ctx.options)
+    policy.pop("exclude")  # a label already (``excluded``)
+    return routes(ctx.labels, **policy)
 
 
 def _route(ctx: BuildContext, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from .param_groups import split_matrix_groups
-
     routing = ctx.spec.routing
-    if routing is None:
-        return groups
     options = ctx.options
 
     def option(name: str | None) -> Any:
         return None if name is None else options.get(name)  # every declared option is there, defaulted
 
-    routes = matrix_routes(ctx.spec, options, ctx.model)
-    names: dict[int, str] = {}
-    for n, p in ctx.model.named_parameters():
-        names.setdefault(id(p), n)
     matrix_lr = option(routing.lr_option)
     other_lr = option(routing.other_lr_option)
     return split_matrix_groups(
-        groups, names, routes, flag=routing.flag,
+        groups, ctx.labels, matrix_routes(ctx), flag=routing.flag,
         matrix_lr=float(ctx.hparams["lr"] if matrix_lr is None else matrix_lr),
         other_lr=float(ctx.hparams["lr"] if other_lr is None else other_lr),
         matrix_weight_decay=option(routing.weight_decay_option),
@@ -360,23 +174,37 @@ def _route(ctx: BuildContext, groups: list[dict[str, Any]]) -> list[dict[str, An
     )
 
 
-def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dict[str, Any]]:
+def get_optimizer_cls_and_kwargs(
+    args: Any, model: Any = None, *, facts: TrainerFacts | None = None
+) -> tuple[Any, dict[str, Any]]:
     """``(optimizer class or factory, kwargs)`` for ``args.optim``, as ``Trainer.get_optimizer_cls_and_kwargs``.
+
+    ``facts`` is what a Trainer knows beyond the arguments (``OptimRegistryMixin`` passes its own).
 
     Example::
 
         cls, kwargs = get_optimizer_cls_and_kwargs(TrainingArguments("out", optim="sgd"))
         # (torch.optim.SGD, {"lr": 5e-05})
     """
-    spec = spec_for(_name_of(args))
-    deps.check(spec.name, spec.requires)
-    if spec.unsupported:
-        raise ValueError(f"optim={spec.name!r} cannot train through the Trainer: {spec.unsupported}")
+    cls, kwargs, _ = resolve(args, model, facts=facts)
+    return cls, kwargs
+
+
+def resolve(
+    args: Any, model: Any = None, *, facts: TrainerFacts | None = None
+) -> tuple[Any, dict[str, Any], BuildContext]:
+    """``get_optimizer_cls_and_kwargs`` and the ``BuildContext`` it was made from (its planned groups)."""
+    # Installed, trainable through a Trainer and able to train the model as it is sharded, before what the
+    # arguments mean (the device is judged where the model is known: create_optimizer, the Trainer).
+    spec = optimizers.get(plain_name(args.optim))
+    check_here(spec)
     fsdp2 = check_fsdp2(spec, model)
-    ctx = make_context(args, model, spec)
-    kind = detect_backend(args).kind
+    ctx = make_context(args, model, facts=facts)
+    spec = ctx.spec
+    kind = ctx.plan.backend.kind
     if kind in ZERO_KINDS and spec.distributed.zero_math == "deepspeed_muon":
-        return zero.deepspeed_muon(ctx, int(kind[-1]))
+        cls, kwargs = zero.deepspeed_muon(ctx, int(kind[-1]))
+        return cls, kwargs, ctx
     if spec.builder is not None:
         builder = load_builder(spec)
         cls, kwargs = checked_result(spec, builder, builder(ctx))
@@ -388,8 +216,8 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
     if spec.layerwise:
         from .layerwise import layerwise_factory
 
-        return layerwise_factory(ctx, cls, kwargs)
-    if fsdp2 and spec.distributed.fsdp2_math == "owner":
+        cls, kwargs = layerwise_factory(ctx, cls, kwargs)
+    elif fsdp2 and spec.distributed.fsdp2_math == "owner":
         cls = owner_stepped(spec, cls)
     elif fsdp2 and spec.protocol == "train_eval" and not is_factory(cls):
         from .sharded import train_mode_init_class
@@ -397,40 +225,7 @@ def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, dic
         cls = train_mode_init_class(cls)  # accelerate's FSDP2 resume steps a fresh one, still in eval mode
     if kind in ZERO_KINDS and zero.needs_stepping(spec, kind):
         cls = zero_stepped(spec, cls, kind)
-    return cls, kwargs
-
-
-def load_builder(spec: OptimizerSpec) -> Callable[..., Any]:
-    """The record's builder, refused with a ``ValueError`` unless it can be called with one BuildContext."""
-    builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
-    problem = None
-    if not callable(builder):
-        problem = f"is {shorten(builder)}, which cannot be called"
-    else:
-        try:
-            inspect.signature(builder).bind(None)
-        except TypeError:
-            problem = f"({_qualname(builder)}{_signature_text(builder)}) cannot be called with one argument"
-        except ValueError:  # no signature (a builtin): let the call decide
-            pass
-    if problem:
-        raise ValueError(
-            f"optim={spec.name!r} (from {spec.source}): its builder {problem}. A builder is a function "
-            "(ctx: BuildContext) -> (optimizer class or factory, kwargs dict); to register an optimizer class, "
-            "pass a torch.optim.Optimizer subclass instead (docs/plugins.md)."
-        )
-    return builder  # type: ignore[return-value]
-
-
-def _qualname(obj: Any) -> str:
-    return getattr(obj, "__qualname__", None) or type(obj).__name__
-
-
-def _signature_text(obj: Any) -> str:
-    try:
-        return str(inspect.signature(obj))
-    except (TypeError, ValueError):
-        return "(...)"
+    return cls, kwargs, ctx
 
 
 def checked_result(spec: OptimizerSpec, builder: Any, result: Any) -> tuple[Any, dict[str, Any]]:
@@ -444,12 +239,11 @@ def checked_result(spec: OptimizerSpec, builder: Any, result: Any) -> tuple[Any,
     )
     if not ok:
         raise ValueError(
-            f"optim={spec.name!r} (from {spec.source}): its builder {_qualname(builder)} returned "
+            f"optim={spec.name!r} (from {spec.source}): its builder {qualname(builder)} returned "
             f"{shorten(result)}; a builder must return (optimizer class or factory, kwargs dict), e.g. "
             "(torch.optim.AdamW, {'lr': ctx.hparams['lr']}). Fix the builder."
         )
     return result
-FSDP2_TEXT = "FSDP2 (fully_shard, DTensor parameters)"
 
 
 def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
@@ -464,18 +258,12 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
     sharded = fsdp2_parameters(model)
     if not sharded:
         return False
-    verdict = spec.distributed.fsdp2
-    if verdict is not True:
-        reason = f": {verdict}" if isinstance(verdict, str) else ""
-        raise ValueError(
-            f"optim={spec.name!r} does not support {FSDP2_TEXT}{reason}. See `optim-registry show "
-            f"{spec.name}`, or choose a name whose record supports FSDP2 (docs/distributed.md)."
-        )
+    check_support(spec, FSDP2)
     import torch.distributed as dist
 
     if not dist.is_initialized():
         raise ValueError(
-            f"the model is sharded by {FSDP2_TEXT} but no process group is initialised; "
+            f"the model is sharded by {FSDP2.detail} but no process group is initialised; "
             "call torch.distributed.init_process_group (torchrun does the launching) before building optim="
             f"{spec.name!r}."
         )
@@ -487,7 +275,7 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
     if spec.distributed.fsdp2_math == "owner" and spec.protocol != "step":
         raise ValueError(
             f"optim={spec.name!r} follows the {spec.protocol!r} protocol, which changes the weights outside "
-            f"step(); its whole-tensor copies under {FSDP2_TEXT} would miss that. Choose another optimizer."
+            f"step(); its whole-tensor copies under {FSDP2.detail} would miss that. Choose another optimizer."
         )
     return True
 
@@ -507,7 +295,7 @@ def owner_stepped(spec: OptimizerSpec, cls: Any) -> Any:
     if is_factory(cls):
         raise ValueError(
             f"optim={spec.name!r} is built by a factory from the model, which cannot be given whole-tensor "
-            f"copies under {FSDP2_TEXT}; train it unsharded or choose another optimizer."
+            f"copies under {FSDP2.detail}; train it unsharded or choose another optimizer."
         )
     from .sharded import owner_stepped_class
 
@@ -530,32 +318,29 @@ def instantiate(
     return cls(params, **kwargs)
 
 
-def create_optimizer(args: Any, model: Any) -> Any:
+def create_optimizer(args: Any, model: Any, *, facts: TrainerFacts | None = None) -> Any:
     """The whole build: weight-decay groups, ``optim_target_modules``, layer-wise hooks, 8-bit overrides."""
-    spec = spec_for(_name_of(args))
-    check_device(spec, model, args)
-    cls, kwargs = get_optimizer_cls_and_kwargs(args, model)
-    weight_decay = float(args.weight_decay)
-    optimizer = instantiate(cls, kwargs, model, lambda: build_groups(model, weight_decay=weight_decay))
-    check_rules_applied(args, optimizer, model)
-    finalize(optimizer, spec, model)
+    check_here(optimizers.get(plain_name(args.optim)), on_cpu=on_cpu(model, args))
+    cls, kwargs, ctx = resolve(args, model, facts=facts)
+    optimizer = instantiate(
+        cls, kwargs, model, lambda: build_groups(label_parameters(model), weight_decay=ctx.plan.weight_decay)
+    )
+    check_rules_applied(ctx, optimizer)
+    finalize(optimizer, ctx.spec, model)
     return optimizer
 
 
-def check_rules_applied(args: Any, optimizer: Any, model: Any) -> None:
+def check_rules_applied(ctx: BuildContext, optimizer: Any) -> None:
     """``ValueError`` when ``optim_groups`` rules were given but the built optimizer's groups ignore them.
 
     A builder (a plugin's, or a factory) that builds its own groups from the model would drop the rules
-    without a word; each parameter's starting rate and weight decay are compared with what the rules give.
+    without a word; each parameter's starting rate and weight decay are compared with what the rules give
+    (``ctx.groups``, the groups the build planned).
     """
-    if not getattr(args, "optim_groups", None) or model is None:
-        return
-    spec = spec_for(_name_of(args))
-    ctx = make_context(args, model, spec)
-    if not ctx.rules or ctx.groups is None:
+    model = ctx.model
+    if not ctx.rules or ctx.groups is None or model is None:
         return
     planned = {id(p): g for g in ctx.groups for p in g["params"]}
-    names = {id(p): n for n, p in model.named_parameters()}
     for group in getattr(optimizer, "param_groups", None) or ():
         for p in group["params"]:
             want = planned.get(id(p))
@@ -569,27 +354,14 @@ def check_rules_applied(args: Any, optimizer: Any, model: Any) -> None:
                     continue
                 if not _close(float(have), float(wanted)):
                     raise ValueError(
-                        f"optim={spec.name!r}: the optimizer its builder made ignores optim_groups: parameter "
-                        f"{names.get(id(p), '?')} has {key}={float(have):g}, the rules give {float(wanted):g}. "
+                        f"optim={ctx.spec.name!r}: the optimizer its builder made ignores optim_groups: parameter "
+                        f"{ctx.labels.name_of(p)} has {key}={float(have):g}, the rules give {float(wanted):g}. "
                         "A builder must build on BuildContext.groups (docs/plugins.md), or drop optim_groups."
                     )
 
 
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-12 + 1e-9 * max(abs(a), abs(b))
-
-
-def check_device(spec: OptimizerSpec, model: Any = None, args: Any = None) -> None:
-    """Refuse a GPU-only optimizer when no GPU is there, before anything is built."""
-    if spec.needs_gpu is None:
-        return
-    import torch
-
-    if on_cpu(model, args) or not torch.cuda.is_available():
-        raise ValueError(
-            f"optim={spec.name!r} needs a CUDA GPU ({spec.needs_gpu}) and none is in use here. "
-            f"Train on a GPU, or choose a CPU-capable name (`optim-registry list --available`)."
-        )
 
 
 def adapter(spec: OptimizerSpec) -> Callable[[Any], None] | None:
@@ -633,3 +405,44 @@ def keep_embeddings_32bit(model: Any) -> int:
                 manager.register_module_override(module, "weight", {"optim_bits": 32})
             covered += module.weight.numel()
     return covered
+
+
+# ------------------------------------------------------------------------------------------ the scheduler
+
+
+def create_scheduler(args: Any, optimizer: Any, num_training_steps: int, *, warmup: int | None = None) -> Any:
+    """The scheduler ``args.lr_scheduler_type`` names, driving every param group of ``optimizer``.
+
+    ``warmup`` overrides the warm-up steps taken from the arguments (0 for optimizers that warm up
+    themselves). The kwargs were typed once, with the arguments' plan; here they are checked against the
+    run (its length, the optimizer's rate) and the scheduler is built.
+    """
+    from .builtin.schedulers import reference_lr
+    from .schedulers import _metric_driven_types, _start_from, check_scheduler_kwargs
+    from .spec import RunFacts
+
+    plan = plan_of(args)
+    spec = plan.schedule
+    if warmup is None:
+        warmup = args.get_warmup_steps(num_training_steps) if hasattr(args, "get_warmup_steps") else 0
+    run = RunFacts(learning_rate=reference_lr(optimizer, args), total_steps=num_training_steps, warmup_steps=warmup)
+    kwargs = dict(plan.schedule_kwargs)
+    check_scheduler_kwargs(spec, kwargs, dict(plan.schedule_unknown), run=run, strict=True)
+    _start_from(optimizer, kwargs)
+    if spec.builder is not None:
+        builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
+        scheduler = builder(optimizer, warmup, num_training_steps, kwargs, args)
+    else:
+        target = deps.import_object(spec.target) if isinstance(spec.target, str) else spec.target
+        steps = {"num_warmup_steps": warmup, "num_training_steps": num_training_steps}
+        call = {k: v for k, v in steps.items() if k in spec.takes}
+        scheduler = target(optimizer, **call, **kwargs)
+    if spec.needs_eval and not isinstance(scheduler, _metric_driven_types()):
+        # The stock Trainer passes metrics only to these types; anything else would be stepped every
+        # optimizer step without them.
+        raise ValueError(
+            f"lr_scheduler_type={spec.name!r} is declared metric-driven (needs_eval) but built a "
+            f"{type(scheduler).__name__}; the Trainer steps only ReduceLROnPlateau / GreedyLR (and subclasses) "
+            "with evaluation metrics. Subclass one of them, or register the scheduler without needs_eval."
+        )
+    return scheduler

@@ -38,6 +38,8 @@ import zipfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .spec import plain_name
+
 MANIFEST_NAME = "optim_registry.json"
 FORMAT = 1
 RESTART_ENV = "OPTIM_REGISTRY_RESTART_SCHEDULE"
@@ -166,38 +168,23 @@ def group_settings(optimizer: Any) -> list[dict[str, Any]]:
     return [{k: plain(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
 
 
-def _param_names(model: Any) -> dict[int, str]:
-    if model is None or not callable(getattr(model, "named_parameters", None)):
-        return {}
-    return {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-
-
-def group_layout(optimizer: Any, model: Any) -> list[list[str]]:
-    names = _param_names(model)
-    return [[names.get(id(p), f"<unnamed parameter {i}>") for i, p in enumerate(g["params"])]
-            for g in optimizer.param_groups]
-
-
-def _is_rate(key: str) -> bool:
-    return key == "lr" or key.endswith("_lr") and not key.startswith("decouple")
-
-
 def asked_optimizer(args: Any, model: Any) -> dict[str, Any]:
-    """What ``args`` ask to build: name, typed options (rates and shared hyperparameters apart), targets."""
-    from . import build
+    """What ``args`` ask to build (their plan): name, typed options (rates and shared hyperparameters apart),
+    targets."""
+    from .plan import plan_of
     from .spec import HPARAM_OPTIONS
 
-    name = str(getattr(args.optim, "value", args.optim))
-    spec = build.spec_for(name)
-    given = build.parse_optim_args(spec, getattr(args, "optim_args", None))
+    plan = plan_of(args)
     shared = set(HPARAM_OPTIONS)
-    options = {k: plain(v) for k, v in sorted(given.items()) if k not in shared and not _is_rate(k)}
+    roles = {o.name: o.role for o in plan.spec.options}
+    # A rate is a setting: another value on resume is a warning (settings), not another optimizer.
+    options = {k: plain(v) for k, v in sorted(plan.given.items()) if k not in shared and roles.get(k) != "rate"}
     targets = None
-    if spec.target_modules and model is not None:
-        from .param_groups import target_linear_weights
+    if plan.target_patterns is not None and model is not None:
+        from .labels import target_linear_weights
 
-        targets = target_linear_weights(model, getattr(args, "optim_target_modules", None), subject=f"optim={name!r}")
-    return {"name": spec.name, "options": options, "targets": targets}
+        targets = target_linear_weights(model, plan.target_patterns, subject=f"optim={plan.name!r}")
+    return {"name": plan.spec.name, "options": options, "targets": targets}
 
 
 def optimizer_record(trainer: Any, inner: Any) -> dict[str, Any]:
@@ -209,24 +196,31 @@ def optimizer_record(trainer: Any, inner: Any) -> dict[str, Any]:
         # The rules the groups came from (the layout below is what they produced), for a reader of the record.
         "optim_groups": plain(getattr(trainer.args, "optim_groups", None)),
     }
-    if record["name"] is not None and record["name"] == str(getattr(trainer.args.optim, "value", trainer.args.optim)):
+    if record["name"] is not None and record["name"] == plain_name(trainer.args.optim):
         with contextlib.suppress(Exception):  # the record describes; it never stops a save
             asked = asked_optimizer(trainer.args, trainer.model)
             record["options"], record["targets"] = asked["options"], asked["targets"]
     built = getattr(trainer, "_registry_built_settings", None)
     settings = built if built is not None and len(built) == len(inner.param_groups) else group_settings(inner)
-    layout = live_layout(trainer, inner)
+    layout = [[aliases[0] for aliases in group] for group in live_layout(trainer, inner)]
     record["groups"] = [{"count": len(p), "params": p, "settings": s} for p, s in zip(layout, settings, strict=True)]
     return record
 
 
-def live_layout(trainer: Any, inner: Any) -> list[list[str]]:
-    """Each param group's parameter names: as built (under DeepSpeed ZeRO the live groups hold flat
-    partitions with no names), else read from the optimizer."""
+def live_layout(trainer: Any, inner: Any) -> list[list[list[str]]]:
+    """Each param group's parameters, each with every name it has (a tied head has two): as built (under
+    DeepSpeed ZeRO the live groups hold flat partitions with no names), else read from the optimizer."""
     built = getattr(trainer, "_registry_built_layout", None)
     if built is not None and len(built) == len(inner.param_groups):
         return built
-    return group_layout(inner, trainer.model)
+    return named_layout(inner, trainer.model)
+
+
+def named_layout(inner: Any, model: Any) -> list[list[list[str]]]:
+    """Each param group of ``inner``: every name of each of its parameters (``labels.group_layout``'s aliases)."""
+    from .labels import group_layout
+
+    return [entry["aliases"] for entry in group_layout(inner.param_groups, model)]
 
 
 def schedule_record(trainer: Any) -> dict[str, Any]:
@@ -597,9 +591,13 @@ def check_asked(record: dict[str, Any], asked: dict[str, Any], checkpoint: str) 
         )
 
 
-def check_layout(record: dict[str, Any], live: list[list[str]], live_settings: list[dict[str, Any]],
+def check_layout(record: dict[str, Any], live: list[list[tuple[str, ...]]], live_settings: list[dict[str, Any]],
                  checkpoint: str) -> None:
-    """The built optimizer's param groups against the checkpoint's, before the state is loaded."""
+    """The built optimizer's param groups against the checkpoint's, before the state is loaded.
+
+    ``live`` holds every name of each built parameter (``labels.group_layout``'s ``aliases``): a checkpoint may
+    name a tied tensor by any of them (manifests before issue 22 recorded the last one).
+    """
     saved = record.get("groups") or []
     counts_saved = [g["count"] for g in saved]
     counts_live = [len(p) for p in live]
@@ -609,8 +607,8 @@ def check_layout(record: dict[str, Any], live: list[list[str]], live_settings: l
                    f"{len(live)} of {counts_live}")
     else:
         for i, (g, names, settings) in enumerate(zip(saved, live, live_settings, strict=True)):
-            if g["params"] != names:
-                diff = [(a, b) for a, b in zip(g["params"], names, strict=True) if a != b][:2]
+            if any(saved_name not in aliases for saved_name, aliases in zip(g["params"], names, strict=True)):
+                diff = [(a, b[0]) for a, b in zip(g["params"], names, strict=True) if a not in b][:2]
                 problem = f"param group {i} holds other parameters (checkpoint vs now: {diff})"
                 break
             if set(g["settings"]) != set(settings):
@@ -807,7 +805,7 @@ class CheckpointMixin(_TrainerBase):
     restart_schedule: bool | None = None
 
     _registry_built_settings: list[dict[str, Any]] | None = None
-    _registry_built_layout: list[list[str]] | None = None
+    _registry_built_layout: list[list[list[str]]] | None = None
     _registry_verified: str | None = None
     _registry_resuming: str | None = None
 
@@ -849,7 +847,7 @@ class CheckpointMixin(_TrainerBase):
             # The settings and parameters as built, before any schedule or step moves them (or ZeRO replaces
             # the parameters by flat partitions): what a resume compares.
             self._registry_built_settings = group_settings(inner)
-            self._registry_built_layout = group_layout(inner, self.model)
+            self._registry_built_layout = named_layout(inner, self.model)
             if getattr(self, "is_deepspeed_enabled", False) and self._registry_resuming:
                 # DeepSpeed loads its state with the model, before _load_optimizer_and_scheduler: check now.
                 check_built_layout(self, self._registry_resuming)

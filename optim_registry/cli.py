@@ -256,24 +256,28 @@ _DENSE_BYTES = 8.0
 
 def estimate_state(spec: Any, model: Any, target_modules: Sequence[str]) -> dict[str, Any]:
     """Predicted optimizer-state bytes of ``spec`` on ``model`` (an estimate; see ``memory --help``)."""
-    from .param_groups import target_linear_weights, trainable_named_parameters
+    from .labels import label_parameters
 
-    named = trainable_named_parameters(model)
-    n_params = sum(p.numel() for _, p in named)
-    rank_option = spec.option_map.get("rank") if spec.target_modules else None
-    if rank_option is not None and rank_option.default is not None:
+    rank_option = next((o for o in spec.options if o.role == "rank"), None) if spec.target_modules else None
+    low_rank = rank_option is not None and rank_option.default is not None
+    table = label_parameters(model, target_patterns=list(target_modules) if low_rank else None,
+                             subject=f"optim={spec.name!r}")
+    n_params = sum(row.numel for row in table)
+    if low_rank:
         rank = int(rank_option.default)
-        targets = set(target_linear_weights(model, list(target_modules), subject=f"optim={spec.name!r}"))
         total = 0.0
-        for name, p in named:
-            if name in targets and p.dim() == 2:
+        targets = 0
+        for row in table:
+            p = table.param(row.name)
+            if row.target and row.ndim == 2:
+                targets += 1
                 big, small = max(p.shape), min(p.shape)
                 r = min(rank, small)
                 # Adam moments of the rank-r projected gradient (2 x big x r) + the projector (small x r).
                 total += 4.0 * r * (2 * big + small)
             else:
-                total += _DENSE_BYTES * p.numel()
-        how = (f"rank {rank} on {len(targets)} target matrices (2 moments of the projected gradient + projector), "
+                total += _DENSE_BYTES * row.numel
+        how = (f"rank {rank} on {targets} target matrices (2 moments of the projected gradient + projector), "
                f"{_DENSE_BYTES:g} B/param elsewhere")
     elif spec.state_bytes is not None:
         total = spec.state_bytes * n_params
@@ -382,6 +386,7 @@ def describe_groups(ns: argparse.Namespace) -> dict[str, Any]:
     import tempfile
 
     from . import build
+    from .plan import plan_of
     from .trainer import TrainingArguments
 
     label, config = _load_model_config(ns.model_config)
@@ -406,30 +411,33 @@ def describe_groups(ns: argparse.Namespace) -> dict[str, Any]:
         kwargs["learning_rate"] = ns.learning_rate
     if ns.weight_decay is not None:
         kwargs["weight_decay"] = ns.weight_decay
-    if build.spec_for(ns.optim).layerwise:
+    from .registry import optimizers
+
+    if optimizers.get(ns.optim).layerwise:
         kwargs["max_grad_norm"] = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(tmp, **kwargs)
-        spec = build.spec_for(ns.optim)
+        spec = plan_of(args).spec
         if spec.needs_model:
             raise ValueError(f"optim={ns.optim!r} is built from the whole model: it has no param groups to show")
-        _cls, built = build.get_optimizer_cls_and_kwargs(args, model)
-        ctx = build.make_context(args, model, spec)
+        _cls, built, ctx = build.resolve(args, model)
     groups = built.get("params") if isinstance(built.get("params"), list) else ctx.groups or []
-    from .param_groups import group_layout
+    from .labels import group_layout
 
-    names = {id(p): n for n, p in model.named_parameters()}
-    routes = build.matrix_routes(spec, ctx.options, model) if spec.routing else {}
+    table = ctx.labels
+    routes = build.matrix_routes(ctx) if spec.routing else {}
     rows = []
     for i, (g, entry) in enumerate(zip(groups, group_layout(groups, model))):
+        entry.pop("aliases")
         if entry["lr"] is None:
             entry["lr"] = float(args.learning_rate)
         if entry["weight_decay"] is None:
             entry["weight_decay"] = float(args.weight_decay)
         if routes:
-            kinds = dict.fromkeys(routes.get(names.get(id(p), ""), "?") for p in g["params"])
+            kinds = dict.fromkeys(routes.get(table.name_of(p), "?") for p in g["params"])
             entry["options"]["routes"] = "+".join(kinds)
-        rows.append({"group": i, "tensors": len(entry["names"]), **entry})
+        kinds = dict.fromkeys(table.row_of(p).kind if table.row_of(p) else "?" for p in g["params"])
+        rows.append({"group": i, "tensors": len(entry["names"]), "kinds": "+".join(kinds), **entry})
     return {"model": label, "optim": ns.optim, "optim_groups": ns.optim_groups, "groups": rows}
 
 

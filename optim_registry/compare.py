@@ -47,10 +47,6 @@ TARGET_MODULES = ["self_attn", "mlp"]
 #: Steps averaged for the "final train loss" (one batch's loss is noisy).
 FINAL_WINDOW = 10
 
-#: ``optim_args`` for records that declare these options: the low-rank defaults are sized for
-#: models with hidden sizes in the thousands; rank 128 on a 64-wide model would project nothing away.
-TINY_MODEL_OPTIONS: dict[str, Any] = {"rank": 16, "update_proj_gap": 50}
-
 #: Learning rates for the tiny model (hidden 64, 2 layers, batch 16 x 64 characters, 150 steps with a
 #: cosine schedule), checked by hand on it: each record's ``demo_lr`` (layer-wise twins share their base's),
 #: else DEFAULT_LR. Sign-based and orthogonalised updates have a fixed size per step, so they want other
@@ -75,15 +71,8 @@ def learning_rate(name: str, family: str | None = None, overrides: dict[str, flo
 
 
 def tiny_model_optim_args(spec: Any) -> dict[str, Any] | None:
-    """``optim_args`` that fit the low-rank options to the tiny model (never raising a smaller default)."""
-    if not spec.target_modules:
-        return None
-    chosen = {}
-    for key, value in TINY_MODEL_OPTIONS.items():
-        option = spec.option_map.get(key)
-        if option is not None and (option.default is None or option.default > value):
-            chosen[key] = value
-    return chosen or None
+    """``optim_args`` that fit the record to the tiny model: its ``demo_options`` (low-rank ranks and gaps)."""
+    return dict(spec.demo_options) or None
 
 
 def parse_lr(text: str | None) -> dict[str, float]:
@@ -549,9 +538,8 @@ def render_markdown(report: Report) -> str:
         "- **peak RSS**: the process's resident memory sampled during the run (Python, torch, model and all).",
         "- Learning rates: per record for this model (`OptimizerSpec.demo_lr`), `--lr` to change; "
         "warm-up + cosine schedule except for schedule-free optimizers (constant). Target-module optimizers get "
-        f"`optim_target_modules={TARGET_MODULES}` and, where the record has them, "
-        + ", ".join(f"`{k}={v}`" for k, v in TINY_MODEL_OPTIONS.items())
-        + " (sized for this 64-wide model); layer-wise names `max_grad_norm=0`.",
+        f"`optim_target_modules={TARGET_MODULES}` and their record's `demo_options` (e.g. `rank=16`, "
+        "`update_proj_gap=50`, sized for this 64-wide model); layer-wise names `max_grad_norm=0`.",
     ]
     skipped = [n for n in report.not_run if not n.failed]
     failed = [n for n in report.not_run if n.failed]

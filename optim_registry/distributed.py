@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import zero
 from .optim_args import shorten
 from .spec import OptimizerSpec
 from .zero import FSDP2_WAY, ZERO_KINDS
@@ -25,6 +24,10 @@ class Backend:
     kind: str
     detail: str = ""
     deepspeed_optimizer: str | None = None  # the "optimizer.type" of a DeepSpeed config, if any
+
+
+#: FSDP2 as the arguments imply it, or as the build sees it in a model's DTensor parameters.
+FSDP2 = Backend("fsdp2", "FSDP2 (fully_shard, DTensor parameters)")
 
 
 def _load_deepspeed_config(value: Any) -> dict[str, Any]:
@@ -57,6 +60,11 @@ def _parse_json(text: str, what: str) -> dict[str, Any]:
     return loaded
 
 
+def deepspeed_config(args: Any) -> dict[str, Any]:
+    """The DeepSpeed config the arguments name (a dict, a JSON string or a file), ``{}`` without one."""
+    return _load_deepspeed_config(getattr(args, "deepspeed", None))
+
+
 def detect_backend(args: Any) -> Backend:
     """The back-end implied by ``deepspeed`` / ``fsdp`` arguments and the launcher's WORLD_SIZE."""
     deepspeed = getattr(args, "deepspeed", None)
@@ -74,7 +82,7 @@ def detect_backend(args: Any) -> Backend:
         orig = config.get("use_orig_params", True) if isinstance(config, dict) else True
         if str(version) == "2":
             # fully_shard: DTensor parameters that keep their global shapes (see optim_registry.sharded).
-            return Backend("fsdp2", "FSDP2 (fully_shard, DTensor parameters)")
+            return FSDP2
         return Backend("fsdp", "FSDP1" + ("" if orig else " (flattened parameters)"))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:
@@ -98,6 +106,13 @@ def check_distributed(spec: OptimizerSpec, args: Any, *, default_optim: str = "a
             f"optim={spec.name!r} chooses another; DeepSpeed would silently use its own. Remove the "
             "'optimizer' block from the DeepSpeed config to use optim, or drop the optim choice."
         )
+    check_support(spec, backend)
+    return backend
+
+
+def check_support(spec: OptimizerSpec, backend: Backend) -> None:
+    """``ValueError`` naming the back-end when the record says it cannot train under it (the one refusal, asked
+    from the arguments and, for a model already sharded by FSDP2, by the build)."""
     verdict = support(spec, backend.kind)
     if verdict is not True:
         reason = f": {verdict}" if isinstance(verdict, str) else ""
@@ -106,8 +121,6 @@ def check_distributed(spec: OptimizerSpec, args: Any, *, default_optim: str = "a
             fsdp2 = f" It trains under FSDP2: {FSDP2_WAY}."
         raise ValueError(
             f"optim={spec.name!r} does not support {backend.detail}{reason}.{fsdp2} "
-            "See `optim-registry show " + spec.name + "` for what it supports, or choose another optimizer."
+            "See `optim-registry show " + spec.name + "` for what it supports, or choose another optimizer "
+            "(docs/distributed.md)."
         )
-    if backend.kind in ZERO_KINDS:
-        zero.check(spec, args, backend.kind, _load_deepspeed_config(getattr(args, "deepspeed", None)))
-    return backend

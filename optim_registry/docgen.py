@@ -170,6 +170,8 @@ def routing_text(spec: OptimizerSpec) -> str:
         parts.append("3-D tensors (MoE expert stacks included) -> AdamW")
     lora = "`lora_to_adamw`" if "lora_to_adamw" in options else "always"
     parts.append(f"LoRA factors (`lora_A`, `lora_B`) -> AdamW ({lora})")
+    router = "`router_to_adamw`" if "router_to_adamw" in options else "always"
+    parts.append(f"MoE routers (`mlp.gate`, beside the experts) -> AdamW ({router})")
     exclude = "names matching `exclude`" if "exclude" in options else "names like embed/lm_head/wte/wpe/output"
     parts.append(f"nn.Embedding weights, the input/output embedding and {exclude} -> AdamW")
     parts.append(f"norms, biases and other tensors -> AdamW at {other_lr}")

@@ -1,14 +1,16 @@
-"""``optim_groups``: per-parameter rates, weight decay and options by rule. Pure functions over names.
+"""``optim_groups``: per-parameter rates, weight decay and options by rule. Pure functions over labels.
 
 A rule is a selection plus settings (``{"params": "lora_B", "lr_scale": 16}``); the groups fall out of
 applying the rules in order to every trainable parameter (optax's ``multi_transform`` labels, timm's
 ``param_groups_layer_decay``). Parsing needs only the arguments (so mistakes are refused when
-``TrainingArguments`` is created); applying needs the model and changes nothing in it.
+``TrainingArguments`` is created); which parameters a rule covers is a label of the parameter table
+(``labels.label_parameters(model, rules=rules)``), and applying the settings changes nothing in the model.
 
 Example::
 
     rules = parse_rules([{"loraplus_lr_ratio": 16}, {"params": "@embeddings", "lr": 1e-5}])
-    groups = compose(model, groups, rules, default_lr=2e-4, no_decay=no_decay)
+    table = label_parameters(model, rules=rules)
+    groups = compose(table, groups, rules, default_lr=2e-4)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .labels import NAMED_SETS, ParamTable, loraplus_sets
 from .optim_args import closest, coerce, shorten
 from .spec import Option
 
@@ -30,8 +33,6 @@ SHORTHANDS: dict[str, tuple[str, ...]] = {
     "loraplus_lr_ratio": ("loraplus_lr_ratio", "loraplus_lr_embedding"),
     "layer_decay": ("layer_decay",),
 }
-#: Named parameter sets a selector may use.
-NAMED_SETS = ("@embeddings", "@head", "@norms", "@biases", "@no_decay")
 #: peft's default rate for LoRA parameters of embedding layers under LoRA+.
 LORAPLUS_LR_EMBEDDING = 1e-6
 
@@ -178,197 +179,42 @@ def _parse_selector(value: Any, where: str) -> tuple[str, ...]:
     return tuple(items)
 
 
-# ------------------------------------------------------------------------------------ named sets
-
-
-def _owner(modules: Mapping[str, Any], name: str) -> Any:
-    return modules.get(name.rpartition(".")[0])
-
-
-def _io_params(model: Any, getter: str) -> set[int]:
-    fn = getattr(model, getter, None)
-    try:
-        module = fn() if callable(fn) else None
-    except (NotImplementedError, AttributeError):
-        module = None
-    if module is None:
-        return set()
-    if getter == "get_input_embeddings":
-        weight = getattr(module, "weight", None)
-        return {id(weight)} if weight is not None else set()
-    return {id(p) for p in module.parameters(recurse=False)}
-
-
-def is_norm_module(module: Any) -> bool:
-    """Normalisation layers: torch's norm classes and anything named like one (LlamaRMSNorm, T5LayerNorm)."""
-    from torch import nn
-
-    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.RMSNorm)
-    return isinstance(module, norm_types) or "norm" in type(module).__name__.lower()
-
-
-def named_set(
-    model: Any, set_name: str, named: Sequence[tuple[str, Any]], no_decay: set[str]
-) -> set[str]:
-    """Names (among ``named``) of the parameters in ``@embeddings`` / ``@head`` / ``@norms`` / ``@biases`` /
-    ``@no_decay``."""
-    from torch import nn
-
-    if set_name == "@biases":
-        return {n for n, _ in named if n.rpartition(".")[2].endswith("bias")}
-    if set_name == "@no_decay":
-        return {n for n, _ in named if n in no_decay}
-    modules = dict(model.named_modules())
-    if set_name == "@norms":
-        return {n for n, _ in named if is_norm_module(_owner(modules, n))}
-    if set_name == "@embeddings":
-        ids = _io_params(model, "get_input_embeddings")
-        ids |= {id(m.weight) for m in modules.values() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}
-        head = _io_params(model, "get_output_embeddings")
-        # An output head tied to the input embedding is the same tensor: it is an embedding too. A
-        # separate head that happens to be an nn.Embedding subclass is not.
-        ids -= head - _io_params(model, "get_input_embeddings")
-        return {n for n, p in named if id(p) in ids}
-    if set_name == "@head":
-        ids = _io_params(model, "get_output_embeddings")
-        return {n for n, p in named if id(p) in ids}
-    raise ValueError(f"unknown named set {set_name!r}")  # pragma: no cover - parse_rules refuses it
-
-
-def select(
-    model: Any, selector: tuple[str, ...] | None, named: Sequence[tuple[str, Any]], no_decay: set[str]
-) -> set[str]:
-    """Names the selector covers (regexes searched in the full name, or named sets)."""
-    if selector is None:
-        return {n for n, _ in named}
-    out: set[str] = set()
-    for pattern in selector:
-        if pattern.startswith("@"):
-            out |= named_set(model, pattern, named, no_decay)
-        else:
-            compiled = re.compile(pattern)
-            out |= {n for n, _ in named if compiled.search(n)}
-    return out
-
-
-# ------------------------------------------------------------------------------------ shorthands
-
-
-def loraplus_rates(model: Any, named: Sequence[tuple[str, Any]]) -> tuple[set[str], set[str]]:
-    """``(scaled, embedding)`` parameter names as ``peft.optimizers.create_loraplus_optimizer`` splits them.
-
-    peft: a parameter whose tuner layer (the module two name parts up) is a LoRA ``Embedding`` gets the
-    embedding rate; else a parameter with ``lora_B`` in its name or one dimension gets ratio x lr.
-    """
-    modules = dict(model.named_modules())
-    embedding_cls = _peft_lora_embedding()
-    scaled: set[str] = set()
-    embedding: set[str] = set()
-    for name, p in named:
-        owner = ".".join(name.split(".")[:-2])
-        module = modules.get(owner) if owner else None
-        if embedding_cls is not None and isinstance(module, embedding_cls):
-            embedding.add(name)
-        elif "lora_B" in name or p.ndim == 1:
-            scaled.add(name)
-    return scaled, embedding
-
-
-def _peft_lora_embedding() -> Any:
-    try:
-        from peft.tuners.lora.layer import Embedding
-    except ImportError:  # without peft there are no LoRA embedding layers
-        return None
-    return Embedding
-
-
-def _is_lora_param(name: str) -> bool:
-    return any(part.startswith(("lora_", "lora_embedding_")) for part in name.split("."))
-
-
-def block_layers(model: Any, named: Sequence[tuple[str, Any]]) -> tuple[str, int, dict[str, int]]:
-    """timm's layer ids: ``(blocks' module name, L, name -> layer)``.
-
-    The stacked blocks are the ``nn.ModuleList`` holding the most parameters (a decoder's ``layers``, a
-    ViT's ``blocks``). Parameters named before the first block are layer 0 (the embeddings), the k-th
-    block (from 1) is layer k, everything after the last block is layer L + 1.
-    """
-    from torch import nn
-
-    best, best_size = None, 0
-    for mname, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            size = sum(p.numel() for p in module.parameters())
-            if size > best_size:
-                best, best_size = mname, size
-    if best is None:
-        raise ValueError(
-            "optim_groups {'layer_decay': ...}: this model has no stack of blocks (no nn.ModuleList of layers) "
-            "to count layers in"
-        )
-    num_blocks = len(dict(model.named_modules())[best])
-    prefix = re.compile(rf"(?:^|\.){re.escape(best)}\.(\d+)\." if best else r"^(\d+)\.")
-    layers: dict[str, int] = {}
-    seen_block = False
-    for name, _ in named:
-        match = prefix.search(name) if best else re.match(r"^(\d+)\.", name)
-        if match:
-            seen_block = True
-            layers[name] = int(match.group(1)) + 1
-        else:
-            layers[name] = num_blocks + 1 if seen_block else 0
-    return best, num_blocks, layers
-
-
 # ------------------------------------------------------------------------------------ application
 
 
 def apply_rules(
-    model: Any,
-    rules: Sequence[Rule],
-    named: Sequence[tuple[str, Any]],
-    base: Mapping[str, Mapping[str, Any]],
-    *,
-    no_decay: set[str],
+    table: ParamTable, rules: Sequence[Rule], base: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Final settings per parameter name: ``base`` (what it gets without rules, with its ``lr``) refined.
 
-    The rate is the last ``lr`` among the rules covering a parameter (else its base rate) times every
-    ``lr_scale`` covering it; any other key: the last rule wins. Raises ``ValueError`` for a rule that
-    covers no trainable parameter, naming the rule and a few names that exist.
+    ``table`` carries which rules cover each parameter (``label_parameters(model, rules=rules)``). The rate is
+    the last ``lr`` among the rules covering a parameter (else its base rate) times every ``lr_scale``
+    covering it; any other key: the last rule wins.
     """
+    names = [name for name in base]
     absolute: dict[str, float] = {}
-    scale = {n: 1.0 for n, _ in named}
-    other: dict[str, dict[str, Any]] = {n: {} for n, _ in named}
+    scale = dict.fromkeys(names, 1.0)
+    other: dict[str, dict[str, Any]] = {n: {} for n in names}
     for rule in rules:
         if rule.shorthand == "loraplus_lr_ratio":
-            scaled, embedding = loraplus_rates(model, named)
-            if not any(_is_lora_param(n) for n in scaled | embedding):
-                raise ValueError(
-                    f"{rule.describe()}: no trainable LoRA parameter (lora_B, lora_embedding_*) in this model; "
-                    f"LoRA+ needs a PEFT LoRA model. Trainable parameters include: {_examples(named)}"
-                )
+            scaled, embedding = loraplus_sets(table)
             ratio = rule.settings["loraplus_lr_ratio"]
-            for n in scaled:
+            for n in scaled & scale.keys():
                 scale[n] *= ratio
             rate = rule.settings.get("loraplus_lr_embedding", LORAPLUS_LR_EMBEDDING)
-            for n in embedding:
+            for n in embedding & scale.keys():
                 absolute[n] = rate
                 scale[n] = 1.0  # peft gives these the embedding rate outright
             continue
         if rule.shorthand == "layer_decay":
-            _, num_blocks, layers = block_layers(model, named)
             decay = rule.settings["layer_decay"]
-            for n, layer in layers.items():
-                scale[n] *= decay ** (num_blocks + 1 - layer)
+            num_blocks = table.num_blocks or 0
+            for n in names:
+                scale[n] *= decay ** (num_blocks + 1 - (table[n].layer or 0))
             continue
-        covered = select(model, rule.selector, named, no_decay)
-        if not covered:
-            raise ValueError(
-                f"{rule.describe()} matches no trainable parameter of this model. Trainable parameters "
-                f"include: {_examples(named)}"
-            )
-        for n in covered:
+        for n in names:
+            if rule.index not in table[n].rules:
+                continue
             for key, value in rule.settings.items():
                 if key == "lr":
                     absolute[n] = value
@@ -377,20 +223,11 @@ def apply_rules(
                 else:
                     other[n][key] = value
     out: dict[str, dict[str, Any]] = {}
-    for n, _ in named:
+    for n in names:
         settings = {**base[n], **other[n]}
         settings["lr"] = absolute.get(n, base[n]["lr"]) * scale[n]
         out[n] = settings
     return out
-
-
-def _examples(named: Sequence[tuple[str, Any]], n: int = 6) -> str:
-    # One name per distinct ending reads better than six copies of layer 0.
-    seen: dict[str, str] = {}
-    for name, _ in named:
-        seen.setdefault(re.sub(r"\.\d+\.", ".N.", name), name)
-    picked = list(seen.values())[:n]
-    return ", ".join(picked) if picked else "(none: the model has no trainable parameters)"
 
 
 def _frozen(value: Any) -> Any:
@@ -425,12 +262,11 @@ def regroup(
 
 
 def compose(
-    model: Any,
+    table: ParamTable,
     groups: Sequence[Mapping[str, Any]],
     rules: Sequence[Rule],
     *,
     default_lr: float,
-    no_decay: set[str],
 ) -> list[dict[str, Any]]:
     """The groups refined by the rules; each gets its own ``lr`` so every scheduler sees it.
 
@@ -443,15 +279,8 @@ def compose(
         settings.setdefault("lr", default_lr)
         for p in group["params"]:
             base_by_id[id(p)] = settings
-    # The model's own order: layer ids count blocks in the order the model names them.
-    named: list[tuple[str, Any]] = []
-    base: dict[str, dict[str, Any]] = {}
-    seen: set[int] = set()
-    for n, p in model.named_parameters():
-        if id(p) in base_by_id and id(p) not in seen:
-            seen.add(id(p))
-            named.append((n, p))
-            base[n] = base_by_id[id(p)]
-    final = apply_rules(model, rules, named, base, no_decay=no_decay)
+    # The model's order (the table's): layer ids count blocks in the order the model names them.
+    named = [(n, p) for n, p in table.named() if id(p) in base_by_id]
+    final = apply_rules(table, rules, {n: base_by_id[id(p)] for n, p in named})
     planned = {id(p): final[n] for n, p in named}
     return regroup(groups, planned)

@@ -17,14 +17,14 @@ Under DDP the gradient a parameter's hook sees is this process's own, not yet av
 stepped as soon as its gradient bucket has been all-reduced (see ``optim_registry.layerwise_ddp``).
 
 The end of the module turns any record's ``(optimizer class, kwargs)`` into the factory the stock Trainer
-calls for a ``_layerwise`` name (``layerwise_factory``), with its clipping rules.
+calls for a ``_layerwise`` name (``layerwise_factory``); what the arguments ask of clipping was decided with
+their plan (``plan.check_layerwise_clipping``).
 """
 
 from __future__ import annotations
 
 import copy
 import gc
-import math
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,8 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
-
-from .distributed import detect_backend
 
 if TYPE_CHECKING:
     from .build import BuildContext
@@ -638,76 +636,6 @@ class LayerwiseFactory:
         return "LayerwiseFactory"
 
 
-def default_max_grad_norm() -> float:
-    """transformers' default ``max_grad_norm`` (the dataclass field's default, 1.0 in transformers 5)."""
-    import transformers
-
-    return float(transformers.TrainingArguments.__dataclass_fields__["max_grad_norm"].default)
-
-
-def clipping_ways(name: str, max_grad_norm: float, has_global: bool) -> str:
-    """The ways to get clipping with a layer-wise name, for warnings and errors."""
-    ways = []
-    if has_global:
-        ways.append(f"optim_args='clip=global' (exact global-norm clipping to max_grad_norm={max_grad_norm}; "
-                    "one extra backward pass per step)")
-    ways.append(f"optim_args='clip_per_param={max_grad_norm}' (each parameter's gradient clipped on its own)")
-    from .registry import optimizers
-
-    base = optimizers.get(name).base or name  # the record says which whole-model name it twins
-    ways.append(f"the whole-model name optim={base!r}")
-    return "; ".join(ways) + "; or max_grad_norm=0 to say no clipping is wanted"
-
-
-def has_global_clip(spec: Any) -> bool:
-    """Whether this layer-wise record offers ``clip=global`` (a base with its own ``clip`` key does not)."""
-    from .builtin import CLIP_GLOBAL
-
-    return spec.option_map.get("clip") == CLIP_GLOBAL
-
-
-def check_layerwise_clipping(spec: Any, args: Any, given: dict[str, Any]) -> float | None:
-    """Refuses a clipping request a layer-wise name cannot honour; returns the norm that will not be applied.
-
-    ``clip=global`` clips to ``max_grad_norm`` exactly. Without a clipping option, ``max_grad_norm`` at
-    transformers' default is accepted with a warning at build time (the return value), as the stock Trainer
-    accepts it; any other value is refused, since the user asked for it.
-    """
-    name = spec.name
-    max_norm = float(getattr(args, "max_grad_norm", 0.0) or 0.0)
-    clip = given.get("clip")
-    per_param = given.get("clip_per_param")
-    if clip == "global":
-        if per_param is not None:
-            raise ValueError(
-                f"optim={name!r}: optim_args 'clip=global' and 'clip_per_param={per_param:g}' ask for two kinds "
-                "of clipping; keep one"
-            )
-        if not (max_norm > 0 and math.isfinite(max_norm)):
-            raise ValueError(
-                f"optim={name!r}: optim_args 'clip=global' clips to max_grad_norm, which is {args.max_grad_norm}; "
-                "set max_grad_norm to a positive finite norm (e.g. 1.0), or drop 'clip=global'"
-            )
-        backend = detect_backend(args)
-        if backend.kind != "none":
-            raise ValueError(
-                f"optim={name!r}: optim_args 'clip=global' cannot run under {backend.detail}: there each gradient "
-                "bucket is stepped as soon as it is averaged, before any pass could see the global norm. Use "
-                "optim_args='clip_per_param=...', max_grad_norm=0, or the whole-model name."
-            )
-        return None
-    if max_norm == 0:
-        return None
-    if max_norm != default_max_grad_norm():
-        raise ValueError(
-            f"optim={name!r} steps each parameter inside backward, so global-norm clipping "
-            f"(max_grad_norm={args.max_grad_norm}) cannot be applied without a clipping option. Use "
-            + clipping_ways(name, max_norm, has_global_clip(spec))
-            + "."
-        )
-    return None if per_param is not None else max_norm
-
-
 def build_layerwise(
     model: Any,
     *,
@@ -722,6 +650,7 @@ def build_layerwise(
     inner_adapt: str | None = None,
 ) -> Any:
     from . import deps
+    from .plan import clipping_ways
 
     adapt = deps.import_object(inner_adapt) if isinstance(inner_adapt, str) else inner_adapt
 
@@ -752,11 +681,12 @@ def build_layerwise(
 
 def layerwise_factory(ctx: BuildContext, cls: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """``(LayerwiseFactory, kwargs)`` wrapping ``cls`` so each parameter gets its own optimizer."""
+    from .plan import has_global_clip
     from .spec import is_factory
 
     if is_factory(cls):
         raise ValueError(f"optim={ctx.spec.name!r}: {cls!r} is a factory and cannot be made layer-wise")
-    unapplied = check_layerwise_clipping(ctx.spec, ctx.args, ctx.given)
+    plan = ctx.plan
     kwargs = dict(kwargs)
     groups = kwargs.pop("params", None) or ctx.groups
     kwargs.pop("model", None)
@@ -766,13 +696,13 @@ def layerwise_factory(ctx: BuildContext, cls: Any, kwargs: dict[str, Any]) -> tu
         kwargs.pop("clip", None)
     # Read from what optim_args said, not from kwargs: a family builder may not pass options through.
     clip = ctx.given.get("clip_per_param")
-    global_norm = float(ctx.args.max_grad_norm) if has_global and ctx.given.get("clip") == "global" else None
+    global_norm = plan.max_grad_norm if has_global and ctx.given.get("clip") == "global" else None
     lr = kwargs.get("lr")
     # The outer groups are what schedulers and the Trainer's logging see: give each its lr.
     outer = [{**g, "lr": g.get("lr", lr)} for g in groups]
     out = {
         "params": outer, "inner": cls, "inner_kwargs": kwargs, "clip_per_param": clip,
-        "max_grad_norm": global_norm, "unapplied_max_grad_norm": unapplied, "name": ctx.spec.name,
+        "max_grad_norm": global_norm, "unapplied_max_grad_norm": plan.unapplied_max_grad_norm, "name": ctx.spec.name,
         "has_global_clip": has_global,
     }
     if ctx.spec.adapt is not None:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .spec import Option
+from .spec import OBJECT_TYPES, Option
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
@@ -189,8 +189,10 @@ def coerce(option: Option, value: Any, *, where: str = "optim_args") -> Any:
         if option.nullable or option.default is None:
             return None
         raise ValueError(f"{where} key {option.name!r} cannot be None; expected {option.type}")
+    if option.type in OBJECT_TYPES:
+        return _object(option, value, text, where)
     try:
-        result = _coerce(option.type, value, text)
+        result = _coerce(option.type, value, text, option.item_nullable)
     except (TypeError, ValueError, KeyError):
         raise ValueError(
             f"{where} key {option.name!r}: {shorten(value)} is not a valid {_TYPE_WORDS[option.type]}"
@@ -214,11 +216,11 @@ def check_range(option: Option, value: Any, *, where: str = "optim_args") -> Non
             f"{' or '.join(str(n) for n in lengths)} numbers, e.g. "
             f"{option.name}=({','.join(f'{v:g}' for v in example)})"
         )
-    if option.type not in ("int", "float", "floats", "ints", "any"):
+    if option.type not in ("int", "float", "floats", "ints", "float_or_floats", "any"):
         return
     numbers = value if isinstance(value, tuple) else (value,)
     # an untyped ("any") option is checked on whatever numbers it turned out to hold
-    numbers = tuple(n for n in numbers if isinstance(n, (int, float)) and not isinstance(n, bool))
+    numbers = tuple(n for n in numbers if isinstance(n, (int, float)) and not isinstance(n, bool))  # none items too
     for number in numbers:
         if option.finite and isinstance(number, float) and not math.isfinite(number):
             bound = option.range_text()
@@ -250,10 +252,35 @@ _TYPE_WORDS = {
     "int": "integer", "float": "number", "bool": "boolean (true/false/1/0/yes/no)", "str": "string",
     "floats": "tuple of numbers such as (0.9,0.95)", "ints": "tuple of integers such as (100,200)",
     "dtype": "dtype name (one of " + ", ".join(sorted(_DTYPES)) + ")", "any": "value",
+    "float_or_floats": "number, or tuple of numbers (one per param group) such as (1e-5,1e-6)",
+    "callable": "Python callable", "object": "Python object",
 }
 
 
-def _coerce(kind: str, value: Any, text: str | None) -> Any:
+def _object(option: Option, value: Any, text: str | None, where: str) -> Any:
+    """A ``callable`` / ``object`` option: a string cannot give one (``'abc'`` would reach the optimizer as text)."""
+    what = "function (a callable)" if option.type == "callable" else "Python object"
+    if text is not None:
+        raise ValueError(
+            f"{where} key {option.name!r}: {shorten(value)} is a string, but {option.name!r} takes a {what}, which a "
+            f"string cannot give. Pass optim_args as a dict holding it, e.g. optim_args={{{option.name!r}: ...}}, "
+            "or leave the key out to keep the library's default"
+        )
+    if option.type == "callable" and not callable(value):
+        raise ValueError(
+            f"{where} key {option.name!r}: {shorten(value)} ({type(value).__name__}) is not callable; "
+            f"{option.name!r} takes a function"
+        )
+    return value
+
+
+def _coerce(kind: str, value: Any, text: str | None, item_nullable: bool = False) -> Any:
+    if kind == "float_or_floats":
+        listed = isinstance(value, (list, tuple)) or (text is not None and text[:1] in "([")
+        return _coerce("floats" if listed else "float", value, text)
+    if item_nullable and kind in ("floats", "ints"):
+        item = kind[:-1]
+        return tuple(None if _is_none(v) else _coerce(item, v, _as_str(v)) for v in _seq(value))
     if kind == "any":
         return _literal(text) if text is not None else value
     if kind == "str":
@@ -293,6 +320,10 @@ def _coerce(kind: str, value: Any, text: str | None) -> Any:
         name = (text or "").lower().removeprefix("torch.")
         return getattr(torch, _DTYPES[name])
     raise TypeError
+
+
+def _is_none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in _NONE)
 
 
 def _literal(text: str) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from . import deps
-from .optim_args import closest
+from .optim_args import closest, shorten
 from .plugins import (
     DISABLE_ENV,
     OPTIMIZER_GROUP,
@@ -27,24 +27,19 @@ from .plugins import (
     allowed_override,
     entry_points,
 )
-from .spec import OptimizerSpec
+from .spec import OptimizerSpec, plain_name
 
 S = TypeVar("S")
 
 def check_new_name(kind: str, name: Any) -> None:
     """Refuse a name nobody could type as ``optim=`` / ``lr_scheduler_type=``: empty, spaces, not a str."""
     if not isinstance(name, str):
-        raise ValueError(f"{kind} name must be a str, got {type(name).__name__} {_short(name)}")
+        raise ValueError(f"{kind} name must be a str, got {type(name).__name__} {shorten(name)}")
     if not name or name != name.strip() or any(ch.isspace() for ch in name) or "," in name:
         raise ValueError(
-            f"{kind} name {_short(name)} is not usable: a name must be non-empty, without spaces or commas "
+            f"{kind} name {shorten(name)} is not usable: a name must be non-empty, without spaces or commas "
             "(e.g. 'my_sgd')"
         )
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 15] + f"... ({len(text)} chars)"
 
 
 def external_stacklevel() -> int:
@@ -92,8 +87,8 @@ class Registry(Generic[S]):
     _lock: threading.RLock = field(default_factory=threading.RLock)
     #: Built-in names replaced in code (``replace=True``).
     _overrides: set[str] = field(default_factory=set)
-    #: Built-in names a plugin offered and was refused (each warned about once per process).
-    _shadow_warned: set[str] = field(default_factory=set)
+    #: Changes whenever a name is registered, unregistered or rediscovered (what a cached ``Plan`` checks).
+    generation: int = 0
 
     # -- building the table --------------------------------------------------------------------
     def builtin(self) -> dict[str, S]:
@@ -119,6 +114,7 @@ class Registry(Generic[S]):
             self._providers = {k: [p for p in v if p.loader is None] for k, v in self._providers.items()}
             self._providers = {k: v for k, v in self._providers.items() if v}
             self._discovered = False
+            self.generation += 1
 
     def register(
         self, spec: S, *, source: str = "register_optimizer", replace: bool = False, by: str | None = None
@@ -140,6 +136,7 @@ class Registry(Generic[S]):
             providers.append(_Provider(source=source, spec=spec))
             if replace:
                 self._overrides.add(name)
+            self.generation += 1
         if builtin:
             # Outside the lock: a warnings filter set to "error" raises here, after the table is consistent.
             warnings.warn(
@@ -158,6 +155,7 @@ class Registry(Generic[S]):
             if not providers:
                 self._providers.pop(name, None)
             self._overrides.discard(name)
+            self.generation += 1
 
     # -- lookup ---------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -181,7 +179,7 @@ class Registry(Generic[S]):
         near = closest(str(name), self.names(), n=5)
         hint = f" Closest registered names: {', '.join(near)}." if near else ""
         raise ValueError(
-            f"Unknown {self._field()} {_short(name)}.{hint} "
+            f"Unknown {self._field()} {shorten(name)}.{hint} "
             f"Run `optim-registry list` for every name, or register your own (docs/plugins.md)."
         )
 
@@ -198,7 +196,7 @@ class Registry(Generic[S]):
         The name is looked up and its provider chosen in one step under the lock, so a name registered
         or unregistered by another thread meanwhile gives the old or the new answer, never a raw error.
         """
-        name = str(getattr(name, "value", name))
+        name = plain_name(name)
         self._discover()
         shadowed: _Provider | None = None
         with self._lock:
@@ -219,18 +217,15 @@ class Registry(Generic[S]):
             elif plugins and (builtin is None or self.allowed_override(name)):
                 chosen = plugins[0]
             else:
-                if plugins and name not in self._shadow_warned:
-                    self._shadow_warned.add(name)
-                    shadowed = plugins[0]
+                shadowed = plugins[0] if plugins else None
                 chosen = None
         if chosen is not None:
             return self._load(name, chosen)  # outside the lock: plugin code may import and register
         if builtin is None:
             self._unknown(name)
         if shadowed is not None:
-            warnings.warn(
-                self.shadow_message(name, [shadowed]), PluginShadowWarning, stacklevel=external_stacklevel()
-            )
+            # A fixed location (this line): Python's default filter says it once per process, not at every resolve.
+            warnings.warn(self.shadow_message(name, [shadowed]), PluginShadowWarning, stacklevel=1)
         if self.resolve_builtin is not None:
             return self.resolve_builtin(builtin)  # type: ignore[arg-type]
         return builtin  # type: ignore[return-value]
@@ -313,7 +308,13 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
 
     meta = dict(meta or {})
     if isinstance(obj, OptimizerSpec):
-        return obj.variant(name=name, source=source, **meta)
+        return _checked(obj.variant(name=name, source=source, **meta), obj.target)
+    if isinstance(obj, type) and not issubclass(obj, torch.optim.Optimizer):
+        raise PluginError(
+            f"optimizer plugin {name!r} from {source!r} points at the class {qualname(obj)}, which is not a "
+            "torch.optim.Optimizer subclass: register an Optimizer subclass, an OptimizerSpec, or a builder "
+            "function (ctx: BuildContext) -> (optimizer class or factory, kwargs) (docs/plugins.md)"
+        )
     if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
         import inspect
 
@@ -331,8 +332,15 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
             "options": signature_options(obj, skip=set(hparams) | {"params"}, ranges=True),
         }
         fields.update(meta)
-        return OptimizerSpec(name=name, source=source, **fields)
+        return _checked(OptimizerSpec(name=name, source=source, **fields), obj)
     if callable(obj):
+        problem = builder_problem(obj)
+        if problem:
+            raise PluginError(
+                f"optimizer plugin {name!r} from {source!r}: its builder {problem}. A builder is a function "
+                "(ctx: BuildContext) -> (optimizer class or factory, kwargs dict); to register an optimizer class, "
+                "pass a torch.optim.Optimizer subclass instead (docs/plugins.md)."
+            )
         fields = {
             "target": obj,
             "builder": obj,
@@ -404,3 +412,88 @@ def unregister_optimizer(name: str) -> None:
 def builtin_names() -> list[str]:
     return sorted(optimizers.builtin())
 
+
+
+def builder_problem(builder: Any) -> str | None:
+    """Why ``builder`` cannot be called with one ``BuildContext`` (``None`` when it can, as far as its signature
+    says)."""
+    import inspect
+
+    if not callable(builder):
+        return f"is {shorten(builder)}, which cannot be called"
+    try:
+        inspect.signature(builder).bind(None)
+    except TypeError:
+        return f"({qualname(builder)}{signature_text(builder)}) cannot be called with one argument"
+    except ValueError:  # no signature (a builtin): let the call decide
+        pass
+    return None
+
+
+def unpassed_arguments(spec: OptimizerSpec, cls: Any) -> list[str]:
+    """The constructor arguments of ``cls`` (a record's optimizer class) that have no default and that the
+    registry never passes: not the parameters (first, positional), not a hyperparameter the record takes, not
+    a declared option, not ``fixed``."""
+    import inspect
+
+    if spec.builder is not None or not isinstance(cls, type):
+        return []
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # after self
+    except (TypeError, ValueError):
+        return []
+    passed = set(spec.option_map) | set(spec.fixed) | (set(spec.hparams) & {"lr", "betas", "eps", "weight_decay"})
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    params_arg = positional[0].name if positional else None  # the registry passes the groups here
+    return [
+        p.name for p in params
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and p.name != params_arg and p.name not in passed
+    ]
+
+
+def _checked(spec: OptimizerSpec, cls: Any) -> OptimizerSpec:
+    """``spec``, refused when its class needs a constructor argument the registry would never pass."""
+    missing = unpassed_arguments(spec, cls)
+    if missing:
+        import inspect
+
+        kinds = {p.name: p.kind for p in inspect.signature(cls.__init__).parameters.values()}
+        what = ", ".join(
+            f"{'keyword-only ' if kinds[m] is inspect.Parameter.KEYWORD_ONLY else ''}argument {m!r}" for m in missing
+        )
+        raise PluginError(
+            f"optimizer plugin {spec.name!r} from {spec.source!r}: {qualname(cls)}.__init__ needs {what} without a "
+            "default, which the registry never passes (it passes the parameters, the hyperparameters the record "
+            "takes, its declared options and `fixed`). Give the argument a default, declare it as an option "
+            f"(options=(Option({missing[0]!r}, 'float', required=True),) when registering), or register a builder."
+        )
+    return spec
+
+
+def load_builder(spec: OptimizerSpec) -> Callable[..., Any]:
+    """The record's builder, refused with a ``ValueError`` unless it can be called with one BuildContext."""
+    builder = deps.import_object(spec.builder) if isinstance(spec.builder, str) else spec.builder
+    problem = builder_problem(builder)
+    if problem:
+        raise ValueError(
+            f"optim={spec.name!r} (from {spec.source}): its builder {problem}. A builder is a function "
+            "(ctx: BuildContext) -> (optimizer class or factory, kwargs dict); to register an optimizer class, "
+            "pass a torch.optim.Optimizer subclass instead (docs/plugins.md)."
+        )
+    return builder  # type: ignore[return-value]
+
+
+def qualname(obj: Any) -> str:
+    """How a message names a function or class: its qualified name, else its type's."""
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+def signature_text(obj: Any) -> str:
+    """``obj``'s signature as written, or ``(...)`` when it has none."""
+    import inspect
+
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(...)"

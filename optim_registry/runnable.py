@@ -2,8 +2,9 @@
 
 ``can_run`` is what listings, ``compare``, the benchmarks and the registry-wide test sweep ask;
 ``check_training_args`` is the same decision raised as the one clear exception, which is how the
-TrainingArguments (when created) and the Trainer (when it builds) ask it. Both start from
-``environment_refusal``: registered, resolvable, installed, trainable through a Trainer, GPU present.
+TrainingArguments (when created) and the Trainer (when it builds) ask it; ``check_here`` is what the build asks.
+All start from ``environment_refusal``: installed, trainable through a Trainer, a GPU where one is needed
+(``on_cpu``: the one device rule). What the arguments mean is their ``plan.Plan``.
 
 Example::
 
@@ -14,9 +15,12 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .spec import OptimizerSpec
+from .spec import OptimizerSpec, plain_name
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 
 @dataclass(frozen=True)
@@ -34,11 +38,28 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def environment_refusal(record: Any, *, use_cpu: bool = False, packages: bool = True) -> Refusal | None:
+def on_cpu(model: Any = None, args: Any = None) -> bool:
+    """The one device rule: whether the run's parameters live on the CPU.
+
+    With a model, where its trainable parameters are (one on the CPU is enough: a CUDA-only kernel would
+    meet it). Without one, ``TrainingArguments.use_cpu``, or no CUDA GPU on this machine.
+    """
+    params = []
+    if model is not None and hasattr(model, "parameters"):
+        params = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
+    if params:
+        return any(p.device.type == "cpu" for p in params)
+    if args is not None and getattr(args, "use_cpu", False):
+        return True
+    return not _cuda_available()
+
+
+def environment_refusal(record: Any, *, on_cpu: bool | None = None, packages: bool = True) -> Refusal | None:
     """What keeps ``record`` (an ``OptimizerSpec`` or a ``list_optimizers()`` entry) from running here.
 
     An ``OptimizerInfo`` is judged from its own fields, so a listing never imports a plugin's code.
-    ``packages=False`` leaves a missing package out (creating arguments only warns about it).
+    ``packages=False`` leaves a missing package out (creating arguments only warns about it). ``on_cpu``:
+    whether the run's parameters are on the CPU (``None``: only whether this machine has a GPU).
     """
     name = record.name
     if not packages:
@@ -60,14 +81,21 @@ def environment_refusal(record: Any, *, use_cpu: bool = False, packages: bool = 
             f"cannot train through a Trainer: {record.unsupported}",
             f"optim={name!r} cannot train through the Trainer: {record.unsupported}",
         )
-    if record.needs_gpu is not None and (use_cpu or not _cuda_available()):
-        where = "use_cpu=True" if use_cpu else "this machine has none"
+    if record.needs_gpu is not None and (on_cpu or not _cuda_available()):
+        where = "the parameters are on the CPU" if on_cpu else "this machine has none"
         return Refusal(
             f"needs a CUDA GPU ({record.needs_gpu}); {where}",
-            f"optim={name!r} needs a CUDA GPU ({record.needs_gpu}); none is available here. "
+            f"optim={name!r} needs a CUDA GPU ({record.needs_gpu}); {where}. "
             "Train on a GPU, or choose a CPU-capable name (`optim-registry list --available`).",
         )
     return None
+
+
+def check_here(spec: OptimizerSpec, *, on_cpu: bool | None = None, packages: bool = True) -> None:
+    """``environment_refusal`` raised as its one exception (``MissingDependencyError`` or ``ValueError``)."""
+    refusal = environment_refusal(spec, on_cpu=on_cpu, packages=packages)
+    if refusal is not None:
+        raise refusal.error(refusal.message)
 
 
 def can_run(spec_or_name: Any, args: Any = None) -> tuple[bool, str | None]:
@@ -86,12 +114,12 @@ def can_run(spec_or_name: Any, args: Any = None) -> tuple[bool, str | None]:
             record = optimizers.get(spec_or_name)
         except (ValueError, ImportError) as exc:
             return False, str(exc)
-    refusal = environment_refusal(record, use_cpu=bool(getattr(args, "use_cpu", False)))
+    refusal = environment_refusal(record, on_cpu=bool(getattr(args, "use_cpu", False)) or None)
     if refusal is not None:
         return False, refusal.reason
     if args is not None:
-        if _plain(args.optim) != record.name:
-            raise ValueError(f"can_run({record.name!r}, args): args.optim is {_plain(args.optim)!r}")
+        if plain_name(args.optim) != record.name:
+            raise ValueError(f"can_run({record.name!r}, args): args.optim is {plain_name(args.optim)!r}")
         try:
             check_training_args(args, building=True)
         except (ValueError, ImportError) as exc:
@@ -99,88 +127,21 @@ def can_run(spec_or_name: Any, args: Any = None) -> tuple[bool, str | None]:
     return True, None
 
 
-def _plain(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
-
-def check_training_args(args: Any, *, building: bool = False) -> None:
-    """Every check that can be made from the arguments alone, raised before a model exists.
+def check_training_args(args: Any, *, building: bool = False, model: Any = None) -> Plan:
+    """Every check that can be made from the arguments alone (their plan), and whether the name runs here.
 
     A missing optimizer package is an environment fact, not a mistake in the arguments: the stock class
     accepts such arguments (they may be written on one machine and trained on another), so creating them
-    only warns, and ``building=True`` (when training starts) refuses.
+    only warns, and ``building=True`` (when training starts) refuses. With ``model``, a GPU-only name is
+    judged by where the model's parameters are.
     """
-    from . import build, deps
-    from .distributed import check_distributed
+    from . import deps
+    from .plan import plan_of
     from .registry import optimizers
-    from .schedulers import check_scheduler_args
 
-    name = _plain(args.optim)
-    spec = optimizers.get(name)
+    spec = optimizers.get(plain_name(args.optim))
     if not building:
         deps.warn_missing(spec.name, spec.requires)
-    refusal = environment_refusal(spec, use_cpu=bool(getattr(args, "use_cpu", False)), packages=building)
-    if refusal is not None:
-        raise refusal.error(refusal.message)
-    if spec.builder is not None and spec.source != "builtin":
-        build.load_builder(spec)  # a plugin's "builder" that cannot be one is refused by name, now
-    given, _ = build.check_values(spec, args)
-    build.parse_group_rules(spec, getattr(args, "optim_groups", None))
-    _check_target_modules(spec, getattr(args, "optim_target_modules", None))
-    check_scheduler_args(args)
-    ga = int(getattr(args, "gradient_accumulation_steps", 1) or 1)
-    if spec.protocol == "fused_backward" and ga > 1:
-        raise ValueError(
-            f"optim={name!r} updates the weights inside backward, so gradient accumulation cannot work: "
-            f"set gradient_accumulation_steps=1 (got {ga}), or choose another optimizer."
-        )
-    if spec.protocol == "fused_backward" and getattr(args, "fp16", False):
-        raise ValueError(
-            f"optim={name!r} needs its own backward (fused_backward), but with fp16=True accelerate runs the "
-            "GradScaler's backward instead and never calls it. Use bf16=True or full precision."
-        )
-    if spec.layerwise and getattr(args, "fp16", False):
-        raise ValueError(
-            f"optim={name!r} steps each parameter inside backward, before fp16 loss scaling can unscale or "
-            "check the gradients. Use bf16=True, or the whole-model name " + repr(spec.base) + "."
-        )
-    if spec.layerwise:
-        from .layerwise import check_layerwise_clipping
-
-        # transformers' default max_grad_norm passes (warned about when the optimizer is built); another
-        # value needs a clipping option.
-        check_layerwise_clipping(spec, args, given)
-    check_distributed(spec, args)
-
-
-#: (optim, target patterns) already warned about: the warning is said once, not at every validation.
-_WARNED_UNUSED_TARGETS: set[tuple[str, str]] = set()
-
-
-def _check_target_modules(spec: Any, patterns: Any) -> None:
-    """Target patterns well formed for a record that uses them; a warning for one that does not."""
-    from .param_groups import check_target_patterns
-
-    if spec.target_modules:
-        if patterns is None:
-            raise ValueError(
-                f"optim={spec.name!r} needs `optim_target_modules` (e.g. ['self_attn', 'mlp'] or 'all-linear'): "
-                "the modules whose weights it projects"
-            )
-        check_target_patterns(patterns)
-        return
-    if patterns is None or (spec.builder is not None and spec.source != "builtin"):
-        return  # a plugin's own builder may read the patterns itself
-    key = (spec.name, repr(patterns))
-    if key not in _WARNED_UNUSED_TARGETS:
-        _WARNED_UNUSED_TARGETS.add(key)
-        import warnings
-
-        from .optim_args import shorten
-
-        warnings.warn(
-            f"optim_target_modules={shorten(patterns)} is ignored: optim={spec.name!r} does not use target modules "
-            "(GaLore, APOLLO and Q-GaLore names do). Drop optim_target_modules, or choose such an optimizer.",
-            UserWarning,
-            stacklevel=3,
-        )
+    device = on_cpu(model, args) if model is not None else bool(getattr(args, "use_cpu", False)) or None
+    check_here(spec, on_cpu=device, packages=building)
+    return plan_of(args)

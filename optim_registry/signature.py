@@ -17,7 +17,33 @@ import typing
 from dataclasses import replace
 from typing import Any
 
-from .spec import Option, with_guessed_range
+from .spec import Option
+
+_RATE = re.compile(r"(^|_)lr($|_)")
+_EPS = re.compile(r"(^|_)eps(_?\d+)?$")
+_DECAY = re.compile(r"(^|_)weight_decay($|_)")
+_BETA = re.compile(r"^betas?\d*$|_beta\d*$")
+
+
+def with_guessed_range(option: Option) -> Option:
+    """``option`` with the obvious range its name implies, for options typed from a signature.
+
+    Rates (``lr``, ``*_lr``), epsilons, weight decays, betas and momentum cannot be negative; a tuple
+    default fixes the tuple's length. A default that already breaks the guess (a negative ``lr_power``)
+    means the name misleads, and the option is left as it is.
+    """
+    numeric = ("int", "float", "floats", "ints", "float_or_floats", "any")
+    if option.type not in numeric or option.low is not None or option.high is not None:
+        return option
+    changes: dict[str, Any] = {}
+    defaults = option.default if isinstance(option.default, (tuple, list)) else (option.default,)
+    numbers = [d for d in defaults if isinstance(d, (int, float)) and not isinstance(d, bool)]
+    named = any(p.search(option.name) for p in (_RATE, _EPS, _DECAY, _BETA)) or option.name == "momentum"
+    if named and all(n >= 0 for n in numbers):
+        changes["low"] = 0.0
+    if option.type in ("floats", "ints") and isinstance(option.default, (tuple, list)) and option.length is None:
+        changes["length"] = len(option.default)
+    return replace(option, **changes) if changes else option
 
 
 def signature_options(cls: Any, skip: set[str], *, ranges: bool = False) -> tuple[Option, ...]:
@@ -54,6 +80,8 @@ def _type_of(default: Any, annotation: Any = inspect.Parameter.empty) -> str:
         words = set(text.replace("|", ",").replace("[", ",").replace("]", ",").split(","))
         words.discard("None")
         words.discard("Optional")
+        if text.startswith(("Callable", "collections.abc.Callable", "Optional[Callable")):
+            return "callable"
         if text.startswith(("tuple", "Tuple")) and "float" in text:
             return "floats"
         if words & {"float", "Tensor", "torch.Tensor"} and not words & {"str", "bool", "tuple", "Tuple", "list"}:
@@ -73,6 +101,8 @@ def _type_of(default: Any, annotation: Any = inspect.Parameter.empty) -> str:
         return "ints" if all(isinstance(v, int) and not isinstance(v, bool) for v in default) else "floats"
     if type(default).__name__ == "dtype":
         return "dtype"
+    if callable(default):  # a function as the default: a string can never stand for one
+        return "callable"
     return "any"
 
 
@@ -134,10 +164,20 @@ def annotation_type(annotation: Any) -> str:
         return "str" if all(isinstance(v, str) for v in values) else "any"
     if members and all(a is torch.dtype for a in members):
         return "dtype"
+    if members and all(_is_callable_annotation(a) for a in members):
+        return "callable"
     if members and typing.get_origin(members[0]) is tuple:
         inner = typing.get_args(members[0])
         return "ints" if inner and all(a is int for a in inner if a is not Ellipsis) else "floats"
     return "any"
+
+
+def _is_callable_annotation(annotation: Any) -> bool:
+    import collections.abc
+
+    return annotation in (collections.abc.Callable, typing.Callable) or typing.get_origin(annotation) in (
+        collections.abc.Callable, typing.Callable,
+    )
 
 
 def catalog_option(pname: str, param: inspect.Parameter, help_text: str) -> tuple[Any, ...]:
@@ -174,8 +214,11 @@ def catalog_option(pname: str, param: inspect.Parameter, help_text: str) -> tupl
         kind, value = "dtype", str(default).removeprefix("torch.")
     elif default is None or required:
         kind, value = annotation_type(annotation), None
+        if kind == "any":  # a process group, a set of tensors, a dict of settings: no string can say one
+            kind = "object"
     else:  # a callable or an object: not expressible in optim_args strings; the library's default stays
-        kind, value, nullable = "any", None, True
+        kind = "callable" if callable(default) or _is_callable_annotation(annotation) else "object"
+        value, nullable = None, True
         shown = getattr(default, "__name__", None) or repr(default)
         help_text = f"{help_text} (library default: {shown}; pass a Python object in a dict optim_args)".strip()
     if choices is not None and kind not in ("str", "int"):

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-#: Types an option may declare; ``optim_args.coerce`` knows how to read each from a string.
-OPTION_TYPES = frozenset({"int", "float", "bool", "str", "floats", "ints", "dtype", "any"})
+#: Types an option may declare; ``optim_args.coerce`` knows how to read each from a string, or refuses a string:
+#: ``callable`` and ``object`` (a function, a process group, a dict of settings) only come in a dict ``optim_args``.
+#: ``float_or_floats`` is a number or a tuple of them (one per param group). ``any`` is for a plugin option whose
+#: constructor says nothing about its type (no default, no annotation): the string is typed as it reads.
+OPTION_TYPES = frozenset(
+    {"int", "float", "bool", "str", "floats", "ints", "float_or_floats", "dtype", "callable", "object", "any"}
+)
+#: Types a string can never give.
+OBJECT_TYPES = frozenset({"callable", "object"})
+
+#: What an option is for, where a tool needs to know (``Option.role``): ``rate`` a learning rate (a resume with
+#: another value is a changed setting, not another optimizer), ``rank`` a low-rank projection's rank (the
+#: memory estimate of ``optim-registry memory``).
+ROLES = frozenset({"rate", "rank"})
 
 #: TrainingArguments hyperparameters a record may take, and where each comes from.
 HPARAMS = frozenset({"lr", "betas", "eps", "weight_decay"})
@@ -25,6 +36,11 @@ HPARAMS = frozenset({"lr", "betas", "eps", "weight_decay"})
 PROTOCOLS = frozenset({"step", "train_eval", "fused_backward"})
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def plain_name(value: Any) -> str:
+    """The name an ``optim`` / ``lr_scheduler_type`` value stands for: an enum member's value, else ``str()``."""
+    return str(getattr(value, "value", value))
 
 
 @dataclass(frozen=True)
@@ -57,10 +73,16 @@ class Option:
     finite: bool = True
     #: The constructor has no default for it (plugins typed from a signature): ``optim_args`` must give it.
     required: bool = False
+    #: A tuple's numbers may each be ``none`` (torch's Adafactor ``eps=(None, 1e-3)``).
+    item_nullable: bool = False
+    #: What the option is for, where a tool needs to know (one of ``ROLES``), else ``None``.
+    role: str | None = None
 
     def __post_init__(self) -> None:
         if self.type not in OPTION_TYPES:
             raise ValueError(f"option {self.name!r}: unknown type {self.type!r}; use one of {sorted(OPTION_TYPES)}")
+        if self.role is not None and self.role not in ROLES:
+            raise ValueError(f"option {self.name!r}: unknown role {self.role!r}; use one of {sorted(ROLES)}")
         defaults = self.default if isinstance(self.default, (tuple, list)) else (self.default,)
         if any(isinstance(d, float) and not math.isfinite(d) for d in defaults):
             object.__setattr__(self, "finite", False)
@@ -224,6 +246,9 @@ class OptimizerSpec:
     #: The learning rate ``optim-registry compare`` trains the bundled tiny model with (``None``: the
     #: family's, else compare's default); checked by hand on that model.
     demo_lr: float | None = None
+    #: ``optim_args`` ``optim-registry compare`` trains the bundled tiny model with (low-rank defaults are sized
+    #: for hidden sizes in the thousands: rank 128 on a 64-wide model would project nothing away).
+    demo_options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     #: Keyword arguments always passed (e.g. ``optim_bits=8``); not settable by the user.
     fixed: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     builder: str | Callable[..., Any] | None = None
@@ -275,6 +300,7 @@ class OptimizerSpec:
         if unknown:
             raise ValueError(f"{self.name}: unknown hparams {sorted(unknown)}; use {sorted(HPARAMS)}")
         object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
+        object.__setattr__(self, "demo_options", MappingProxyType(dict(self.demo_options)))
 
     @property
     def option_map(self) -> dict[str, Option]:
@@ -296,35 +322,10 @@ POSITIVE: Mapping[str, Any] = MappingProxyType({"low": 0.0, "low_open": True})
 UNIT: Mapping[str, Any] = MappingProxyType({"low": 0.0, "high": 1.0, "high_open": True})
 AT_LEAST_ONE: Mapping[str, Any] = MappingProxyType({"low": 1})
 
-_RATE = re.compile(r"(^|_)lr($|_)")
-_EPS = re.compile(r"(^|_)eps(_?\d+)?$")
-_DECAY = re.compile(r"(^|_)weight_decay($|_)")
-_BETA = re.compile(r"^betas?\d*$|_beta\d*$")
-
-
-def with_guessed_range(option: Option) -> Option:
-    """``option`` with the obvious range its name implies, for options typed from a signature.
-
-    Rates (``lr``, ``*_lr``), epsilons, weight decays, betas and momentum cannot be negative; a tuple
-    default fixes the tuple's length. A default that already breaks the guess (a negative ``lr_power``)
-    means the name misleads, and the option is left as it is.
-    """
-    if option.type not in ("int", "float", "floats", "ints", "any") or option.low is not None or option.high is not None:
-        return option
-    changes: dict[str, Any] = {}
-    defaults = option.default if isinstance(option.default, (tuple, list)) else (option.default,)
-    numbers = [d for d in defaults if isinstance(d, (int, float)) and not isinstance(d, bool)]
-    named = any(p.search(option.name) for p in (_RATE, _EPS, _DECAY, _BETA)) or option.name == "momentum"
-    if named and all(n >= 0 for n in numbers):
-        changes["low"] = 0.0
-    if option.type in ("floats", "ints") and isinstance(option.default, (tuple, list)) and option.length is None:
-        changes["length"] = len(option.default)
-    return replace(option, **changes) if changes else option
-
-
 #: Types and ranges of the TrainingArguments hyperparameters when overridden in ``optim_args``.
 HPARAM_OPTIONS = {
-    "lr": Option("lr", "float", None, "learning rate (default: TrainingArguments.learning_rate)", **NONNEG),
+    "lr": Option("lr", "float", None, "learning rate (default: TrainingArguments.learning_rate)", role="rate",
+                 **NONNEG),
     "betas": Option("betas", "floats", None, "(beta1, beta2) (default: adam_beta1, adam_beta2)", **UNIT),
     "eps": Option("eps", "float", None, "epsilon (default: TrainingArguments.adam_epsilon)", **NONNEG),
     "weight_decay": Option(

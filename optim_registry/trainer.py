@@ -21,17 +21,14 @@ from transformers.training_args import OptimizerNames as HFOptimizerNames
 from . import build, zero
 from .checkpoints import CheckpointMixin, unwrap_optimizer
 from .distributed import check_distributed
+from .plan import check_scheduler_args
 from .registry import optimizers
 from .runnable import check_training_args
-from .schedulers import check_kwargs_json, check_scheduler_args, create_scheduler, schedulers
+from .schedulers import check_kwargs_json, schedulers
+from .spec import plain_name
 
 _HF_OPTIMS = {m.value for m in HFOptimizerNames}
 _HF_SCHEDULERS = {m.value for m in SchedulerType}
-
-
-def _plain(value: Any) -> str:
-    return str(getattr(value, "value", value))
-
 
 _OPTIM_GROUPS_HELP = (
     "Per-parameter rates, weight decay and optimizer options by rule: a list of rules (or its JSON string), "
@@ -67,8 +64,8 @@ class RegistryArgumentsMixin(_ArgumentsBase):
     optim_groups: list[dict[str, Any]] | str | None = field(default=None, metadata={"help": _OPTIM_GROUPS_HELP})
 
     def __post_init__(self) -> None:
-        optim = _plain(self.optim)
-        sched = _plain(self.lr_scheduler_type)
+        optim = plain_name(self.optim)
+        sched = plain_name(self.lr_scheduler_type)
         optimizers.check_name(optim)
         schedulers.check_name(sched)
         # Before the parent's set-up, which imports deepspeed when configured: refuse early.
@@ -81,14 +78,14 @@ class RegistryArgumentsMixin(_ArgumentsBase):
         super().__post_init__()
         self.optim = _optimizer_value(optim)
         self.lr_scheduler_type = SchedulerType(sched) if sched in _HF_SCHEDULERS else sched
-        check_training_args(self)
+        self._eval_defaults(check_training_args(self))
 
     def set_optimizer(self, name: str = "adamw_torch", *args: Any, **kwargs: Any) -> Any:
-        optimizers.check_name(_plain(name))
+        optimizers.check_name(plain_name(name))
         before = dict(vars(self))
         try:
             super().set_optimizer("adamw_torch", *args, **kwargs)
-            self.optim = _optimizer_value(_plain(name))
+            self.optim = _optimizer_value(plain_name(name))
             check_training_args(self)
         except BaseException:
             # a refused choice leaves the arguments exactly as they were
@@ -98,12 +95,28 @@ class RegistryArgumentsMixin(_ArgumentsBase):
         return self
 
     def set_lr_scheduler(self, name: str = "linear", *args: Any, **kwargs: Any) -> Any:
-        sched = _plain(name)
+        sched = plain_name(name)
         schedulers.check_name(sched)
-        super().set_lr_scheduler("linear", *args, **kwargs)
-        self.lr_scheduler_type = SchedulerType(sched) if sched in _HF_SCHEDULERS else sched
-        check_scheduler_args(self)
+        before = dict(vars(self))
+        try:
+            super().set_lr_scheduler("linear", *args, **kwargs)
+            self.lr_scheduler_type = SchedulerType(sched) if sched in _HF_SCHEDULERS else sched
+            self._eval_defaults(check_scheduler_args(self))
+        except BaseException:
+            # a refused choice leaves the arguments exactly as they were
+            vars(self).clear()
+            vars(self).update(before)
+            raise
         return self
+
+    def _eval_defaults(self, plan: Any) -> None:
+        """A metric-driven schedule gets the default transformers gives its own (``reduce_lr_on_plateau``,
+        ``greedy``): ``metric_for_best_model="loss"``, lower is better, which the Trainer steps it with. Set here,
+        where the arguments are made, never by a check."""
+        if plan.schedule.needs_eval and getattr(self, "metric_for_best_model", None) is None:
+            self.metric_for_best_model = "loss"
+            if getattr(self, "greater_is_better", None) is None:
+                self.greater_is_better = False
 
 
 def _optimizer_value(name: str) -> Any:
@@ -123,15 +136,38 @@ class TrainingArguments(RegistryArgumentsMixin, transformers.TrainingArguments):
     """
 
 
+class _TrainerBuild:
+    """``get_optimizer_cls_and_kwargs`` of the mixin: ``build.get_optimizer_cls_and_kwargs`` when read from the
+    class (transformers' static contract), the Trainer's own ``_registry_cls_and_kwargs`` when read from a
+    Trainer, so the stock ``create_optimizer`` (which calls ``self.get_optimizer_cls_and_kwargs``) passes the
+    Trainer's facts without any hidden state."""
+
+    def __get__(self, trainer: Any, owner: Any = None) -> Any:
+        if trainer is None:
+            return build.get_optimizer_cls_and_kwargs
+        return trainer._registry_cls_and_kwargs
+
+
 class OptimRegistryMixin(CheckpointMixin):
     """Registry-backed optimizer and scheduler creation for any ``transformers.Trainer`` subclass.
 
     ``class MySFT(OptimRegistryMixin, trl.SFTTrainer): ...``
     """
 
-    @staticmethod
-    def get_optimizer_cls_and_kwargs(args: Any, model: Any = None) -> tuple[Any, Any]:
-        return build.get_optimizer_cls_and_kwargs(args, model)
+    #: As transformers has it, a static method of the class (``OptimTrainer.get_optimizer_cls_and_kwargs(args)``);
+    #: called on a Trainer, the same build with that Trainer's facts passed explicitly (see ``_TrainerBuild``).
+    get_optimizer_cls_and_kwargs = _TrainerBuild()
+
+    def registry_facts(self, model: Any = None) -> build.TrainerFacts:
+        """What this Trainer knows beyond the arguments: its decay names (``get_decay_parameter_names``, which
+        a subclass may override) and the run's length, when it is building inside ``create_optimizer_and_scheduler``."""
+        decay = None if model is None else frozenset(self.get_decay_parameter_names(model))
+        return build.TrainerFacts(decay_names=decay, training_steps=self._registry_training_steps)
+
+    def _registry_cls_and_kwargs(self, args: Any, model: Any = None) -> tuple[Any, Any]:
+        cls, kwargs, ctx = build.resolve(args, model, facts=self.registry_facts(model))
+        self._registry_build = ctx  # the planned groups, for the check after the stock build
+        return cls, kwargs
 
     def get_decay_parameter_names(self, model: Any) -> set[str]:
         # transformers' own choice (so an upgrade's new patterns apply), as a set: the stock create_optimizer
@@ -151,7 +187,7 @@ class OptimRegistryMixin(CheckpointMixin):
 
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
         self._check_scheduler_before_build(num_training_steps)
-        # Read by create_optimizer, the one place the build's scope is set.
+        # The run's length, for the facts the build is given (registry_facts).
         self._registry_training_steps = num_training_steps
         try:
             super().create_optimizer_and_scheduler(num_training_steps)
@@ -161,22 +197,22 @@ class OptimRegistryMixin(CheckpointMixin):
     def create_optimizer(self, model: Any = None) -> Any:
         fresh = self.optimizer is None and self.optimizer_cls_and_kwargs is None
         opt_model = self.model if model is None else model
-        spec = None
         if self.optimizer is None:
             self._check_scheduler_before_build()
         if fresh:
-            check_training_args(self.args, building=True)
-            spec = build.spec_for(_plain(self.args.optim))
-            build.check_device(spec, opt_model, self.args)
+            plan = check_training_args(self.args, building=True, model=opt_model)
         if getattr(self, "is_deepspeed_enabled", False):
-            zero.configure(self, spec)  # before deepspeed.initialize reads the config
+            zero.configure(self, plan.spec if fresh else None)  # before deepspeed.initialize reads the config
         if fresh:
-            with build.trainer_scope(
-                decay_names=self.get_decay_parameter_names(opt_model), training_steps=self._registry_training_steps
-            ):
-                optimizer = super().create_optimizer(model)
-                build.check_rules_applied(self.args, unwrap_optimizer(optimizer), opt_model)
-            build.finalize(unwrap_optimizer(optimizer), spec, opt_model)
+            self._registry_build = None
+            optimizer = super().create_optimizer(model)
+            ctx = self._registry_build
+            if ctx is None and plan.rules:
+                # get_optimizer_cls_and_kwargs was overridden without calling ours: plan the groups to compare.
+                ctx = build.make_context(self.args, opt_model, facts=self.registry_facts(opt_model))
+            if ctx is not None:
+                build.check_rules_applied(ctx, unwrap_optimizer(optimizer))
+            build.finalize(unwrap_optimizer(optimizer), plan.spec, opt_model)
         else:
             if self.optimizer is None and getattr(self.args, "optim_groups", None):
                 # optimizer_cls_and_kwargs= replaces the registry's build, rules included: say so.
@@ -213,7 +249,7 @@ class OptimRegistryMixin(CheckpointMixin):
             else:
                 spec = _spec_of(inner)
                 owns_warmup = spec is not None and spec.owns_warmup
-                self.lr_scheduler = create_scheduler(
+                self.lr_scheduler = build.create_scheduler(
                     self.args, optimizer, num_training_steps, warmup=0 if owns_warmup else None
                 )
             self._created_lr_scheduler = True
@@ -252,6 +288,7 @@ class OptimRegistryMixin(CheckpointMixin):
 
     _registry_in_step = False
     _registry_training_steps: int | None = None
+    _registry_build: build.BuildContext | None = None
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         self._registry_in_step = True

@@ -13,7 +13,7 @@ work; ``distributed.zero_math`` how it runs:
   weights (``ZeroStepped``).
 - ``"deepspeed_muon"``: DeepSpeed's own Muon (``deepspeed.runtime.zero.muon``), which orthogonalises whole
   gradients inside ZeRO's partitioning, handed the registry's groups, rates and routing: each parameter's
-  ``use_muon`` tag is the registry's route (``build.matrix_routes``), never DeepSpeed's name test; the AdamW
+  ``use_muon`` tag is the registry's route (the labels table's, ``build.matrix_routes``), never DeepSpeed's name test; the AdamW
   side is ``torch.optim.AdamW``, as the registry's own. What it cannot follow is refused by name (``check``).
 
 Everything the arguments alone show is refused when they are created (``check``, from
@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from .spec import OptimizerSpec
@@ -70,8 +71,11 @@ def _clipping(args: Any, config: dict[str, Any]) -> tuple[float, bool]:
     return float(value), float(value) > 0
 
 
-def check(spec: OptimizerSpec, args: Any, kind: str, config: dict[str, Any]) -> None:
-    """Refuse, with one ``ValueError``, what the arguments show a supported ZeRO stage cannot do for ``spec``."""
+def check(spec: OptimizerSpec, args: Any, kind: str, config: dict[str, Any], options: Mapping[str, Any]) -> None:
+    """Refuse, with one ``ValueError``, what the arguments show a supported ZeRO stage cannot do for ``spec``.
+
+    ``options``: every declared option, typed (the plan's); ``config``: the DeepSpeed config.
+    """
     stage = stage_of(kind)
     if stage is None:
         return
@@ -84,15 +88,11 @@ def check(spec: OptimizerSpec, args: Any, kind: str, config: dict[str, Any]) -> 
             "out. Offload to 'cpu' instead, or drop the optimizer offload."
         )
     if spec.distributed.zero_math == "deepspeed_muon":
-        _check_muon(spec, args, stage, config)
+        _check_muon(spec, args, stage, config, options)
 
 
-def _check_muon(spec: OptimizerSpec, args: Any, stage: int, config: dict[str, Any]) -> None:
-    from .optim_args import parse_options
-    from .spec import option_table
-
-    given = parse_options(getattr(args, "optim_args", None), option_table(spec), subject=f"optim={spec.name!r}")
-    problems = muon_conflicts({k: given.get(k, spec.option_map[k].default) for k in spec.option_map})
+def _check_muon(spec: OptimizerSpec, args: Any, stage: int, config: dict[str, Any], options: Mapping[str, Any]) -> None:
+    problems = muon_conflicts(dict(options))
     where = f"optim={spec.name!r} under DeepSpeed ZeRO stage {stage} runs DeepSpeed's own Muon"
     way_out = f"or train with FSDP2 ({FSDP2_WAY}) or DDP, where the registry's own Muon runs"
     if problems:

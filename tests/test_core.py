@@ -187,7 +187,7 @@ def test_list_optimizers_records():
 
 
 def test_target_module_semantics():
-    from optim_registry.param_groups import module_matches
+    from optim_registry.labels import module_matches
 
     name = "model.layers.0.self_attn.q_proj"
     assert module_matches(r".*attn.*", name)
@@ -198,7 +198,7 @@ def test_target_module_semantics():
 
 
 def test_target_modules_matching_nothing_names_patterns_and_modules(tiny_model):
-    from optim_registry.param_groups import target_linear_weights
+    from optim_registry.labels import target_linear_weights
 
     with pytest.raises(ValueError, match=r"\['nothing_here'\] matches no nn.Linear.*q_proj"):
         target_linear_weights(tiny_model, ["nothing_here"], subject="t")
@@ -207,7 +207,7 @@ def test_target_modules_matching_nothing_names_patterns_and_modules(tiny_model):
 
 
 def test_all_linear_skips_the_head(tiny_model):
-    from optim_registry.param_groups import target_linear_weights
+    from optim_registry.labels import target_linear_weights
 
     names = target_linear_weights(tiny_model, "all-linear", subject="t")
     assert "lm_head.weight" not in names and "model.layers.0.self_attn.q_proj.weight" in names
@@ -216,7 +216,7 @@ def test_all_linear_skips_the_head(tiny_model):
 def test_decay_split_matches_transformers(tiny_model):
     from transformers import Trainer
 
-    from optim_registry.param_groups import decay_parameter_names
+    from optim_registry.labels import decay_parameter_names
 
     stock = set(Trainer.get_decay_parameter_names(None, tiny_model))
     assert decay_parameter_names(tiny_model) == stock

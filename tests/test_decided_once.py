@@ -1,5 +1,6 @@
-"""Questions answered in one place (issue 16): "can this name run here?", the Trainer's build scope, the
-decay names taken from transformers through ``super()``, and bitsandbytes' embedding override registered once."""
+"""Questions answered in one place (issues 16, 22): "can this name run here?", the Trainer's facts passed
+explicitly, the decay names taken from transformers through ``super()``, and bitsandbytes' embedding override
+registered once."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def test_the_trainer_refuses_with_the_same_decision(odd_records, tmp_path):
         arguments("r3_unsupported")
 
 
-# -- the Trainer's build scope ------------------------------------------------------------------------
+# -- the Trainer's facts ------------------------------------------------------------------------
 
 
 class _Base(transformers.Trainer):
@@ -110,24 +111,31 @@ def test_decay_names_come_from_super_and_reach_the_build(tmp_path):
     assert len(decayed) == 1 and decayed[0] is model.lm_head.weight
 
 
-def test_one_scope_carries_the_run_length_and_is_gone_afterwards(tmp_path):
-    from optim_registry import build
+def test_the_trainer_passes_its_facts_explicitly_and_nothing_else_sees_them(tmp_path):
+    from optim_registry import build, get_optimizer_cls_and_kwargs
 
     seen = []
 
     def builder(ctx):
-        seen.append((ctx.num_training_steps, build.current_decay_names() is not None))
+        seen.append((ctx.num_training_steps, ctx.facts.decay_names is not None))
         return torch.optim.SGD, {"lr": 0.1}
 
     register_optimizer("r3_scope", OptimizerSpec(name="r3_scope", target=torch.optim.SGD, family="test",
-                                                 description="records its scope", builder=builder))
+                                                 description="records its facts", builder=builder))
     try:
         args = arguments("r3_scope", str(tmp_path), max_steps=3, save_strategy="no")
-        OptimTrainer(model=tiny_model(), args=args, train_dataset=TokenDataset()).train()
+        trainer = OptimTrainer(model=tiny_model(), args=args, train_dataset=TokenDataset())
+        trainer.train()
+        # the same call outside a Trainer: the arguments alone (no hidden scope decides what a build sees)
+        get_optimizer_cls_and_kwargs(arguments("r3_scope", str(tmp_path), max_steps=5), tiny_model())
+        # read from the class, it is transformers' static method; read from a Trainer, it passes the facts
+        assert OptimTrainer.get_optimizer_cls_and_kwargs is build.get_optimizer_cls_and_kwargs
+        trainer._registry_training_steps = 7
+        trainer.get_optimizer_cls_and_kwargs(args, trainer.model)
     finally:
         unregister_optimizer("r3_scope")
-    assert seen == [(3, True)]
-    assert build.current_decay_names() is None and build.current_training_steps() is None
+    assert seen == [(3, True), (5, False), (7, True)]
+    assert not hasattr(build, "trainer_scope") and not hasattr(build, "current_decay_names")
 
 
 # -- bitsandbytes -------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def test_every_record_declares_its_support():
 
 def test_layerwise_global_clipping_is_refused_under_ddp(monkeypatch):
     # The communication hook steps each bucket as soon as it is averaged: no pass sees the global norm first.
-    from optim_registry.layerwise import check_layerwise_clipping
+    from optim_registry.plan import check_layerwise_clipping
 
     spec = optimizers.get("adamw_torch_layerwise")
     args = Args()

@@ -101,7 +101,7 @@ def test_layerwise_equals_whole_model(accumulation, tmp_path):
 
 def _check_hparams(optimizer, model):
     """betas/eps from TrainingArguments in every group; the weight-decay split in targeted and other groups."""
-    from optim_registry.param_groups import decay_parameter_names
+    from optim_registry.labels import decay_parameter_names
 
     decay = {id(p) for n, p in model.named_parameters() if n in decay_parameter_names(model)}
     seen = set()

@@ -171,8 +171,8 @@ def test_resuming_an_fsdp2_checkpoint_with_other_arguments_is_refused_before_loa
         asked_optimizer,
         check_asked,
         check_layout,
-        group_layout,
         group_settings,
+        named_layout,
         read_manifest,
     )
     from optim_registry.testing import tiny_model, training_args
@@ -183,7 +183,7 @@ def test_resuming_an_fsdp2_checkpoint_with_other_arguments_is_refused_before_loa
     same = training_args("galore_adamw", str(tmp_path), "rank=4,update_proj_gap=2")
     check_asked(record, asked_optimizer(same, model), str(ckpt))
     optimizer = create_optimizer(same, model)
-    check_layout(record, group_layout(optimizer, model), group_settings(optimizer), str(ckpt))
+    check_layout(record, named_layout(optimizer, model), group_settings(optimizer), str(ckpt))
     for other, args in (("apollo_adamw", None), ("galore_adamw", "rank=8,update_proj_gap=2")):
         with pytest.raises(ValueError, match=r"written by optim='galore_adamw'"):
             check_asked(record, asked_optimizer(training_args(other, str(tmp_path), args), model), str(ckpt))

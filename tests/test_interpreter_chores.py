@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from optim_registry import TrainingArguments, get_optimizer_cls_and_kwargs
-from optim_registry.build import make_context, on_cpu
+from optim_registry.build import make_context
 from optim_registry.compare import DEFAULT_LR, learning_rate
 from optim_registry.listing import layerwise_twin
 from optim_registry.registry import optimizers
+from optim_registry.runnable import on_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""Muon's routing: MoE expert stacks per expert matrix, LoRA factors to AdamW, exclusions and own weight decay."""
+"""Muon's routing: MoE expert stacks per expert matrix, routers and LoRA factors to AdamW, exclusions and own
+weight decay."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ def moe_model(kind: str = "qwen3_moe"):
         config = transformers.Qwen3MoeConfig(intermediate_size=32, moe_intermediate_size=8, num_experts=4,
                                              num_experts_per_tok=2, **common)
         cls = transformers.Qwen3MoeForCausalLM
+    elif kind == "gpt_oss":
+        config = transformers.GptOssConfig(intermediate_size=8, num_local_experts=4, num_experts_per_tok=2,
+                                           head_dim=8, **common)
+        cls = transformers.GptOssForCausalLM
+    elif kind == "granitemoe":
+        config = transformers.GraniteMoeConfig(intermediate_size=8, num_local_experts=4, num_experts_per_tok=2,
+                                               **common)
+        cls = transformers.GraniteMoeForCausalLM
     else:
         config = transformers.MixtralConfig(intermediate_size=8, num_local_experts=4, num_experts_per_tok=2,
                                             **common)
@@ -75,6 +84,27 @@ def test_expert_stacks_go_to_muon_per_expert_and_train(kind):
     assert state["momentum_buffer"].shape == before[name].shape
 
 
+@pytest.mark.parametrize("kind, router", [("qwen3_moe", "model.layers.0.mlp.gate"), ("mixtral", "model.layers.0.mlp.gate"),
+                                          ("gpt_oss", "model.layers.0.mlp.router"),
+                                          ("granitemoe", "model.layers.0.block_sparse_moe.router")])
+def test_the_router_is_a_label_of_its_own_and_goes_to_adamw_unless_asked(kind, router):
+    from optim_registry.labels import label_parameters
+
+    model = moe_model(kind)
+    table = label_parameters(model)
+    routers = {r.name for r in table if r.kind == "router"}
+    assert f"{router}.weight" in routers and all(n.startswith(router + ".") for n in routers if ".layers.0." in n)
+    assert len({n.split(".layers.")[1].split(".")[0] for n in routers}) == 2  # one router per layer
+    groups = routed(model, create_optimizer(args(weight_decay=0.1), model))
+    assert all(groups[n]["use_muon"] is False for n in routers)
+    # a stack of per-expert biases (GPT-OSS experts.gate_up_proj_bias) is a bias, never orthogonalised
+    assert all(groups[r.name]["use_muon"] is False for r in table if r.bias)
+    groups = routed(model, create_optimizer(args(optim_args="router_to_adamw=false"), model))
+    assert all(groups[n]["use_muon"] is True for n in routers if n.endswith(".weight"))
+    dion = routed(model, create_optimizer(args("dion"), model))
+    assert all(dion[n]["use_dion"] is False for n in routers)
+
+
 def test_expert_matrices_false_sends_experts_to_adamw():
     model = moe_model()
     opt = create_optimizer(args(optim_args="expert_matrices=false"), model)
@@ -123,6 +153,7 @@ def test_show_muon_says_where_each_kind_goes(capsys):
     assert main(["show", "muon"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     for phrase in ("3-D MoE expert stacks", "one matrix per expert", "LoRA factors (`lora_A`, `lora_B`) -> AdamW",
+                   "MoE routers (`mlp.gate`, beside the experts) -> AdamW (`router_to_adamw`)",
                    "`exclude`", "norms, biases and other tensors -> AdamW", "optim_groups rules take"):
         assert phrase in out
 
@@ -139,5 +170,9 @@ def test_groups_command_on_a_moe_config(tmp_path, capsys):
     groups = json.loads(capsys.readouterr().out)["groups"]
     routes = {g["options"]["routes"]: g for g in groups}
     assert routes["matrix+experts"]["options"]["use_muon"] is True
+    assert routes["matrix+experts"]["kinds"] == "matrix+expert_stack"
     assert any(n.endswith("experts.down_proj") for n in routes["matrix+experts"]["names"])
-    assert routes["embedding"]["options"]["use_muon"] is False
+    adamw = [g for g in groups if "router" in g["options"]["routes"].split("+")]
+    assert adamw and all(g["options"]["use_muon"] is False for g in adamw)
+    assert any(n.endswith("mlp.gate.weight") for g in adamw for n in g["names"])
+    assert all(g["options"]["use_muon"] is False for g in groups if "embedding" in g["options"]["routes"])

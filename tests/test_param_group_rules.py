@@ -453,7 +453,7 @@ def test_groups_are_deterministic(tiny_model):
     a = args("muon", [{"layer_decay": 0.9}, {"params": "@no_decay", "lr_scale": 2.0}], weight_decay=0.1)
     first = create_optimizer(a, tiny_model)
     second = create_optimizer(a, tiny_model)
-    from optim_registry.param_groups import group_layout
+    from optim_registry.labels import group_layout
 
     layout = group_layout(first.param_groups, tiny_model)
     assert layout == group_layout(second.param_groups, tiny_model)

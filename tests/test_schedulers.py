@@ -14,7 +14,8 @@ from transformers.optimization import get_scheduler
 from transformers.trainer_utils import SchedulerType
 
 from optim_registry import create_scheduler, register_scheduler
-from optim_registry.schedulers import check_scheduler_args, parse_scheduler_kwargs, schedulers
+from optim_registry.plan import check_scheduler_args
+from optim_registry.schedulers import parse_scheduler_kwargs, schedulers
 from optim_registry.testing import arguments
 
 N, W, LR, LR2 = 20, 3, 0.1, 0.01

@@ -12,7 +12,8 @@ import torch
 from transformers.optimization import get_scheduler
 
 from optim_registry import OptimTrainer, TrainingArguments, create_scheduler
-from optim_registry.schedulers import check_scheduler_args, schedulers
+from optim_registry.plan import check_scheduler_args
+from optim_registry.schedulers import schedulers
 from optim_registry.testing import TokenDataset, arguments, tiny_model, training_args
 
 N, W, LR = 20, 3, 0.1
@@ -343,11 +344,11 @@ def test_per_group_bounds_of_metric_driven_schedulers_are_accepted(name, kwargs)
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    ("reduce_lr_on_plateau", {"min_lr": [1e-3, -1.0]}, r"min_lr=\[0.001, -1.0\] is out of range \(key 'min_lr', valid range >= 0"),
+    ("reduce_lr_on_plateau", {"min_lr": [1e-3, -1.0]}, r"min_lr=\(0.001,-1.0\) is out of range \(key 'min_lr', valid range >= 0"),
     ("reduce_lr_on_plateau", {"min_lr": [1e-3, 0.5]}, r"'min_lr' \(0.5\) is above the learning rate \(0.1\)"),
-    ("reduce_lr_on_plateau", "min_lr=abc", r"'min_lr': 'abc' is not a rate or a tuple of rates"),
+    ("reduce_lr_on_plateau", "min_lr=abc", r"'min_lr': 'abc' is not a valid number, or tuple of numbers"),
     ("greedy", {"min_lr": [1e-3, 1e-4], "max_lr": [1.0, 1.0, 1.0]}, r"'min_lr' has 2 rates and 'max_lr' 3"),
-    ("greedy", {"max_lr": [1.0, 0.0]}, r"max_lr=\[1.0, 0.0\] is out of range \(key 'max_lr', valid range > 0"),
+    ("greedy", {"max_lr": [1.0, 0.0]}, r"max_lr=\(1.0,0.0\) is out of range \(key 'max_lr', valid range > 0"),
 ])
 def test_bad_per_group_bounds_refused_when_created(name, kwargs, message):
     with pytest.raises(ValueError, match=message):

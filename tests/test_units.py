@@ -78,10 +78,10 @@ def _model_with_layer_norm():
 
 
 def test_decay_names_equal_transformers_own_choice():
-    """param_groups.decay_parameter_names is used where no Trainer exists: it must stay equal to the Trainer's."""
+    """labels.decay_parameter_names is used where no Trainer exists: it must stay equal to the Trainer's."""
     from transformers import Trainer
 
-    from optim_registry.param_groups import decay_parameter_names
+    from optim_registry.labels import decay_parameter_names
     from optim_registry.testing import tiny_model
 
     for model in (_model_with_layer_norm(), tiny_model()):
@@ -90,10 +90,12 @@ def test_decay_names_equal_transformers_own_choice():
 
 
 def test_build_groups_split_decay_and_targets():
+    from optim_registry.labels import label_parameters
     from optim_registry.param_groups import build_groups
 
     model = _model_with_layer_norm()
-    groups = build_groups(model, weight_decay=0.1, targets={"1.proj.weight"}, target_options={"rank": 2})
+    table = label_parameters(model, target_patterns=["1.proj"], subject="test")
+    groups = build_groups(table, weight_decay=0.1, target_options={"rank": 2})
     by_name = {id(p): n for n, p in model.named_parameters()}
     layout = [(sorted(by_name[id(p)] for p in g["params"]), g["weight_decay"], g.get("rank")) for g in groups]
     assert layout == [
@@ -104,7 +106,7 @@ def test_build_groups_split_decay_and_targets():
 
 
 def test_module_patterns_follow_transformers_rule():
-    from optim_registry.param_groups import is_all_linear, module_matches
+    from optim_registry.labels import is_all_linear, module_matches
 
     assert module_matches(r".*attn.*", "model.layers.0.self_attn.q_proj")
     assert not module_matches(r"attn", "model.layers.0.self_attn.q_proj")  # a string is a full match

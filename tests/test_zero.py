@@ -147,15 +147,14 @@ def test_block_quantised_state_trains_warned_and_measured(zero_runs, one_process
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_muon_runs_deepspeeds_muon_with_the_registrys_groups(zero_runs, one_process, stage):
-    from optim_registry.build import matrix_routes
-    from optim_registry.testing import tiny_model
+    from optim_registry.build import make_context, matrix_routes
+    from optim_registry.testing import tiny_model, training_args
 
     records = zero_runs[stage]["train/muon"]
     _ok(records, "muon")
     r = records[0]
     assert r["class"] == "ZeROMuonWithAdamW"
-    spec = optimizers.get("muon")
-    routes = matrix_routes(spec, {o.name: o.default for o in spec.options}, tiny_model())
+    routes = matrix_routes(make_context(training_args("muon", "/tmp/unused"), tiny_model()))
     assert r["use_muon"] == {n: routes[n] in ("matrix", "experts") for n in routes}
     assert any("no gradient clipping is applied" in w for w in r["warnings"]), r["warnings"]
     # DeepSpeed's Muon over the registry's groups in one process: exactly under ZeRO-1/2. ZeRO-3's own gradient

@@ -27,6 +27,8 @@ _ROUTING_OPTIONS = (
         "parts (module, parameter); a match sends it to AdamW"),
     opt("lora_to_adamw", "bool", True, "LoRA factors (lora_A / lora_B) go to AdamW; false puts them on the "
         "matrix side"),
+    opt("router_to_adamw", "bool", True, "MoE routers (mlp.gate: the matrix beside the experts that picks them) "
+        "go to AdamW, as published MoE recipes keep them; false puts them on the matrix side"),
 )
 
 RECORDS = (
@@ -80,16 +82,16 @@ RECORDS = (
         description="Dion (the registry's single-device implementation of the paper's Algorithm 1; "
         "Microsoft's package is not on PyPI): low-rank orthonormalised updates with error feedback on "
         "the hidden 2-D weight matrices, AdamW on everything else. Routing: every trainable 2-D weight "
-        "that is not an nn.Embedding, the input/output embedding, a LoRA factor (lora_to_adamw) or "
-        "matched by `exclude` -> Dion at lr=dion_lr; embeddings, the LM head, LoRA factors, norms, "
-        "biases and >2-D tensors (MoE expert stacks included) -> AdamW at "
+        "that is not an nn.Embedding, the input/output embedding, a MoE router (router_to_adamw), a LoRA "
+        "factor (lora_to_adamw) or matched by `exclude` -> Dion at lr=dion_lr; embeddings, the LM head, "
+        "MoE routers, LoRA factors, norms, biases and >2-D tensors (MoE expert stacks included) -> AdamW at "
         "TrainingArguments.learning_rate (with its betas/eps). The weight-decay split and optim_groups "
         "rules apply on both sides (a rule's lr on a matrix replaces dion_lr); the scheduler scales "
         "every group from its own initial lr.",
         hparams=_ALL_HP,
         weight_decay_kwarg=True,
         options=(
-            opt("dion_lr", "float", 0.01, "learning rate of the Dion (matrix) groups", **NONNEG),
+            opt("dion_lr", "float", 0.01, "learning rate of the Dion (matrix) groups", role="rate", **NONNEG),
             opt("momentum", "float", 0.95, "error-feedback decay mu of the Dion momentum", **UNIT),
             opt("rank", "int", None, "rank r of the low-rank step; none uses rank_fraction", **AT_LEAST_ONE),
             opt("rank_fraction", "float", 1.0, "r = ceil(rank_fraction * min(rows, cols)) when rank is none",
@@ -111,10 +113,11 @@ RECORDS = (
         family="beyond",
         description="Muon (Newton-Schulz-orthogonalised momentum, as torch.optim.Muon) on the hidden "
         "2-D weight matrices and AdamW on everything else, in one optimizer. Routing: every trainable "
-        "2-D weight that is not an nn.Embedding, the input/output embedding, a LoRA factor "
-        "(lora_to_adamw) or matched by `exclude` -> Muon at lr=muon_lr (default 0.02); 3-D MoE expert "
-        "stacks (experts.gate_up_proj / experts.down_proj) -> Muon, one matrix per expert "
-        "(expert_matrices); embeddings, the LM head, LoRA factors, norms, biases and other tensors -> "
+        "2-D weight that is not an nn.Embedding, the input/output embedding, a MoE router (mlp.gate; "
+        "router_to_adamw), a LoRA factor (lora_to_adamw) or matched by `exclude` -> Muon at lr=muon_lr "
+        "(default 0.02); 3-D MoE expert stacks (experts.gate_up_proj / experts.down_proj) -> Muon, one matrix "
+        "per expert (expert_matrices); embeddings, the LM head, MoE routers, LoRA factors, norms, biases and "
+        "other tensors -> "
         "AdamW at TrainingArguments.learning_rate (with its betas/eps). The weight-decay split "
         "(TrainingArguments.weight_decay, or muon_weight_decay on the matrices; none for norms/biases) "
         "and optim_groups rules apply on both sides (a rule's lr on a matrix replaces muon_lr); the "
@@ -122,7 +125,7 @@ RECORDS = (
         hparams=_ALL_HP,
         weight_decay_kwarg=True,
         options=(
-            opt("muon_lr", "float", 0.02, "learning rate of the Muon (matrix) groups", **NONNEG),
+            opt("muon_lr", "float", 0.02, "learning rate of the Muon (matrix) groups", role="rate", **NONNEG),
             opt("momentum", "float", 0.95, "Muon momentum", **UNIT),
             opt("nesterov", "bool", True, "Nesterov-style Muon momentum"),
             opt("ns_steps", "int", 5, "Newton-Schulz iterations", **AT_LEAST_ONE),

@@ -28,12 +28,16 @@ _APOLLO = (Requirement("apollo-torch", "apollo_torch", "1.0", "apollo"),)
 _BNB = Requirement("bitsandbytes", "bitsandbytes", "0.45", "bnb")
 _Q_GALORE = (Requirement("q-galore-torch", "q_galore_torch", "1.0", "qgalore"), _BNB)
 
+#: What ``optim-registry compare`` trains the tiny model with (these defaults are sized for hidden sizes in the
+#: thousands: rank 128 on a 64-wide model would project nothing away).
+_TINY = {"rank": 16, "update_proj_gap": 50}
+
 _GAP = opt("update_proj_gap", "int", 200, "optimizer steps between refreshes of the projection", send=True,
            **AT_LEAST_ONE)
 _PROJ_SIDES = ("std", "reverse_std", "right", "left")
 
 _GALORE_TARGET = (
-    opt("rank", "int", 128, "rank of the gradient projection", send=True, **AT_LEAST_ONE),
+    opt("rank", "int", 128, "rank of the gradient projection", send=True, role="rank", **AT_LEAST_ONE),
     _GAP,
     opt("scale", "float", 0.25, "factor on the update projected back to the weight's shape", send=True,
         **POSITIVE),
@@ -65,7 +69,7 @@ _APOLLO_RECORD = OptimizerSpec(
     requires=_APOLLO,
     hparams=_ALL_HP,
     options=(
-        opt("rank", "int", 256, "rank of the gradient projection", send=True, **AT_LEAST_ONE),
+        opt("rank", "int", 256, "rank of the gradient projection", send=True, role="rank", **AT_LEAST_ONE),
         _GAP,
         opt("scale", "float", 1.0, "gradient scale factor (its square root multiplies the update)", send=True,
             **POSITIVE),
@@ -85,17 +89,19 @@ _APOLLO_RECORD = OptimizerSpec(
     paper="arXiv:2412.05270",
     distributed=_LOW_RANK_DISTRIBUTED,
     resume=_RESUME,
+    demo_options=_TINY,
 )
 
 RECORDS = (
     _APOLLO_RECORD,
     _APOLLO_RECORD.variant(
         name="apollo_mini",
+        demo_options={"update_proj_gap": 50},  # rank 1 already
         description="APOLLO-Mini (apollo_torch): APOLLO with a rank-1 random projection and one scaling factor "
         "per tensor (scale 128), for SGD-like memory. Same options as apollo_adamw, other defaults.",
         options=tuple(
             {
-                "rank": opt("rank", "int", 1, "rank of the gradient projection", send=True, **AT_LEAST_ONE),
+                "rank": opt("rank", "int", 1, "rank of the gradient projection", send=True, role="rank", **AT_LEAST_ONE),
                 "scale": opt("scale", "float", 128.0, "gradient scale factor (its square root multiplies the "
                              "update)", send=True, **POSITIVE),
                 "scale_type": opt("scale_type", "str", "tensor", "gradient scaling per channel or per tensor",
@@ -106,6 +112,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="galore_adafactor",
+        demo_options=_TINY,
         demo_lr=5e-3,
         target="optim_registry.families.low_rank:SafeGaLoreAdafactor",
         family="low_rank",
@@ -133,6 +140,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="galore_adamw",
+        demo_options=_TINY,
         target="optim_registry.families.low_rank:SafeGaLoreAdamW",
         family="low_rank",
         description="GaLore AdamW (galore_torch): AdamW moments kept for the SVD low-rank projection of each target "
@@ -149,6 +157,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="galore_adamw_8bit",
+        demo_options=_TINY,
         target="optim_registry.families.low_rank:SafeGaLoreAdamW8bit",
         family="low_rank",
         description="GaLore 8-bit AdamW (galore_torch over bitsandbytes): GaLore's projection with bitsandbytes' "
@@ -165,6 +174,7 @@ RECORDS = (
     ),
     OptimizerSpec(
         name="q_galore_adamw8bit",
+        demo_options=_TINY,
         target="optim_registry.families.low_rank:SafeQGaLoreAdamW8bit",
         family="low_rank",
         description="Q-GaLore (q_galore_torch over bitsandbytes): GaLore 8-bit AdamW with INT-n quantised "
@@ -173,7 +183,7 @@ RECORDS = (
         requires=_Q_GALORE,
         hparams=_ALL_HP,
         options=(
-            opt("rank", "int", 256, "rank of the gradient projection", send=True, **AT_LEAST_ONE),
+            opt("rank", "int", 256, "rank of the gradient projection", send=True, role="rank", **AT_LEAST_ONE),
             _GAP,
             opt("scale", "float", 0.25, "factor on the update projected back to the weight's shape", send=True,
                 **POSITIVE),
@@ -202,3 +212,4 @@ RECORDS = (
         resume=_RESUME + "; also the adaptive gap and the cosine queue",
     ),
 )
+

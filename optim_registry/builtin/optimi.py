@@ -25,7 +25,7 @@ _DECOUPLE_LR = opt(
 _MAX_LR = opt(
     "max_lr", "float", None,
     "peak scheduled learning rate used by decouple_lr (default: the initial learning rate)",
-    **POSITIVE,
+    role="rate", **POSITIVE,
 )
 _TRITON = opt(
     "triton", "bool", None,

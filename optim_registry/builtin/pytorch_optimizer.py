@@ -21,8 +21,8 @@ import re
 import warnings
 from typing import Any
 
-from ..signature import catalog_option, docstring_args
-from ..spec import Distributed, MatrixRouting, OptimizerSpec, Option, Requirement, with_guessed_range
+from ..signature import catalog_option, docstring_args, with_guessed_range
+from ..spec import Distributed, MatrixRouting, OptimizerSpec, Option, Requirement
 
 PREFIX = "po_"
 FAMILY = "pytorch_optimizer"
@@ -46,6 +46,9 @@ FIELDS: dict[str, dict[str, Any]] = {
                                                      "normuon")},
     # Adam-mini is built with the model (its block layout comes from model.config).
     "adammini": {"needs_model": True, "weight_decay_kwarg": True},
+    # GaLore-style projections sized for the tiny model optim-registry compare trains (rank 128 would project
+    # nothing away on a 64-wide model).
+    **{name: {"demo_options": {"rank": 16}} for name in ("apollo", "fira", "galore")},
 }
 #: ``optim-registry compare``'s rates on the tiny model (see OptimizerSpec.demo_lr): sign-based updates
 #: (Lion, signSGD) want smaller rates than Adam, plain SGD a larger one.
@@ -165,9 +168,12 @@ def _options(entry: dict[str, Any], key: str = "options") -> tuple[Option, ...]:
             help_text = f"{help_text} (default: the run's total optimizer steps)".strip()
         if key == "group_options":
             help_text = f"{help_text} (set on the optim_target_modules weights)"
-        # rates, eps, weight decay, betas and momentum by name cannot be negative; tuples keep their length
+        # What the library's signature leaves to its names: rates, eps, weight decay, betas and momentum cannot be
+        # negative, tuples keep their length, a `*_lr` is a learning rate, a projection's `rank` is the rank.
+        role = "rate" if name.endswith("_lr") and not name.startswith("decouple") else None
+        role = "rank" if key == "group_options" and name == "rank" else role
         out.append(with_guessed_range(
-            Option(name, kind, default, help_text, choices=choices, nullable=nullable, send=send)
+            Option(name, kind, default, help_text, choices=choices, nullable=nullable, send=send, role=role)
         ))
     return tuple(out)
 
@@ -309,12 +315,14 @@ def describe(name: str, cls: type) -> dict[str, Any]:
 
 # -- the installed library against the catalogue -------------------------------------------------------
 class CatalogueVersionWarning(UserWarning):
-    """The installed pytorch_optimizer is not the version the ``po_*`` catalogue was generated from."""
+    """The installed pytorch_optimizer is not the version the ``po_*`` catalogue was generated from.
+
+    Said once per process by Python's default warnings filter (its location is fixed inside the package).
+    """
 
 
-#: ``(name, installed version) -> record`` with options read from the installed class.
+#: ``(name, installed version) -> record`` with options read from the installed class (a cache).
 _LIVE: dict[tuple[str, str], OptimizerSpec] = {}
-_WARNED: set[str] = set()
 
 
 def installed_version() -> str | None:
@@ -351,16 +359,12 @@ def current(spec: OptimizerSpec) -> OptimizerSpec:
     except Exception:  # noqa: BLE001 - the build reports the failed import with its install line
         return spec
     entry = describe(base, cls)
-    if installed not in _WARNED:
-        _WARNED.add(installed)
-        from ..registry import external_stacklevel
-
-        warnings.warn(
-            f"pytorch_optimizer {installed} is installed, but the po_* catalogue was generated from "
-            f"{LIBRARY_VERSION}: the options of po_* names are read from the installed classes (their measured "
-            "statuses may be stale; regenerate with tools/gen_pytorch_optimizer_catalog.py)",
-            CatalogueVersionWarning, stacklevel=external_stacklevel(),
-        )
+    warnings.warn(
+        f"pytorch_optimizer {installed} is installed, but the po_* catalogue was generated from "
+        f"{LIBRARY_VERSION}: the options of po_* names are read from the installed classes (their measured "
+        "statuses may be stale; regenerate with tools/gen_pytorch_optimizer_catalog.py)",
+        CatalogueVersionWarning, stacklevel=1,  # a fixed location: the default filter says it once per process
+    )
     ours = {o[0] for o in (pinned or {}).get("options", ()) + (pinned or {}).get("group_options", ())}
     kept = tuple(o for o in spec.options if o.name not in ours)  # a twin's clip options
     group_options = _options(entry, "group_options")

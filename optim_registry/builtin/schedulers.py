@@ -9,7 +9,6 @@ option's range can, as soon as the arguments show it.
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any
 
@@ -168,28 +167,19 @@ def _build_polynomial(optimizer: Any, warmup: int, total: int, kwargs: dict[str,
     return get_polynomial_schedule(optimizer, warmup, total, lr_init=reference_lr(optimizer, args), **kwargs)
 
 
-def _rates(kwargs: dict[str, Any], key: str, default: float, *, name: str, positive: bool = False) -> list[float]:
+def _rates(kwargs: dict[str, Any], key: str, default: float, *, name: str) -> list[float]:
     """A bound of a metric-driven scheduler: one rate, or one per param group as torch / GreedyLR take it.
 
-    Declared ``any`` (no option type is "a number or a tuple"), so its range is checked here.
+    Typed ``float_or_floats`` (its range checked by the parser); an empty tuple is refused here.
     """
     value = kwargs.get(key, default)
-    many = isinstance(value, (list, tuple))
-    numbers = list(value) if many else [value]
-    where = f"lr_scheduler_type={name!r}: lr_scheduler_kwargs"
-    bound = "> 0" if positive else ">= 0"
-    if not numbers or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in numbers):
+    numbers = [float(v) for v in value] if isinstance(value, (list, tuple)) else [float(value)]
+    if not numbers:
         raise ValueError(
-            f"{where} key {key!r}: {value!r} is not a rate or a tuple of rates (one per param group), e.g. 1e-5"
+            f"lr_scheduler_type={name!r}: lr_scheduler_kwargs key {key!r}: {value!r} holds no rate; give a rate, or "
+            "one per param group, e.g. 1e-5"
         )
-    for number in numbers:
-        if not math.isfinite(number):
-            raise ValueError(f"{where} {key}={value!r} is not a finite number (key {key!r}, valid range {bound})")
-        if number < 0 or (positive and number == 0):
-            raise ValueError(f"{where} {key}={value!r} is out of range (key {key!r}, valid range {bound})")
-    if key in kwargs:  # typed: torch and GreedyLR take a float, or a list with one per param group
-        kwargs[key] = [float(v) for v in numbers] if many else float(value)
-    return [float(v) for v in numbers]
+    return numbers
 
 
 def _check_plateau(kwargs: dict[str, Any], run: RunFacts) -> None:
@@ -199,7 +189,7 @@ def _check_plateau(kwargs: dict[str, Any], run: RunFacts) -> None:
 
 def _check_greedy(kwargs: dict[str, Any]) -> None:
     lows = _rates(kwargs, "min_lr", 1e-3, name="greedy")
-    highs = _rates(kwargs, "max_lr", 1.0, name="greedy", positive=True)
+    highs = _rates(kwargs, "max_lr", 1.0, name="greedy")
     if len(lows) > 1 and len(highs) > 1 and len(lows) != len(highs):
         raise ValueError(
             f"lr_scheduler_type='greedy': lr_scheduler_kwargs 'min_lr' has {len(lows)} rates and 'max_lr' "
@@ -299,8 +289,9 @@ BUILTIN = (
             opt("threshold_mode", "str", "abs", "rel or abs", choices=("rel", "abs")),
             opt("cooldown", "int", 0, "evaluations to wait after a decrease", **_NON_NEGATIVE),
             opt("warmup", "int", 0, "evaluations to wait after an increase", **_NON_NEGATIVE),
-            opt("min_lr", "any", 1e-3, "lowest learning rate (>= 0), or one per param group", low=0),
-            opt("max_lr", "any", 1.0, "highest learning rate (> 0), or one per param group", low=0, low_open=True),
+            opt("min_lr", "float_or_floats", 1e-3, "lowest learning rate (>= 0), or one per param group", low=0),
+            opt("max_lr", "float_or_floats", 1.0, "highest learning rate (> 0), or one per param group", low=0,
+                low_open=True),
             opt("eps", "float", 1e-8, "smallest change applied", **_NON_NEGATIVE),
             opt("smooth", "bool", False, "smooth the metric with a moving window"),
             opt("window_size", "int", 50, "window of the smoothing", low=1),
@@ -336,7 +327,8 @@ BUILTIN = (
             opt("threshold", "float", 1e-4, "relative improvement that counts", **_NON_NEGATIVE),
             opt("threshold_mode", "str", "rel", "rel or abs", choices=("rel", "abs")),
             opt("cooldown", "int", 0, "evaluations to wait after a decrease", **_NON_NEGATIVE),
-            opt("min_lr", "any", 0.0, "lowest learning rate (>= 0, at most the rate), or one per param group", low=0),
+            opt("min_lr", "float_or_floats", 0.0, "lowest learning rate (>= 0, at most the rate), or one per param "
+                "group", low=0),
             opt("eps", "float", 1e-8, "smallest change applied", **_NON_NEGATIVE),
         ),
         check=_check_plateau,

@@ -55,7 +55,8 @@ RECORDS = (
         hparams=frozenset({"lr", "weight_decay"}),
         options=(
             opt("beta2_decay", "float", -0.8, "decay rate of the second moment", high=0.0),
-            opt("eps", "any", None, "(eps1, eps2); eps1 none means the dtype's eps"),
+            opt("eps", "floats", None, "(eps1, eps2): eps1 (none: the dtype's eps) regularises the second moment, "
+                "eps2 the relative step size, e.g. eps=(none,0.001)", length=2, item_nullable=True, **NONNEG),
             opt("d", "float", 1.0, "clipping threshold of the update", low=1.0),
             opt("maximize", "bool", False, "maximise the objective"),
             opt("foreach", "bool", None, "use the foreach implementation"),

@@ -363,26 +363,26 @@ def _with_groups(ctx: BuildContext) -> dict[str, Any]:
 _Q_GALORE_KEYS = {"proj_quant": "quant", "proj_bits": "quant_n_bit", "proj_group_size": "quant_group_size"}
 
 
-def _named(model: Any) -> dict[int, str]:
-    return {id(p): n for n, p in model.named_parameters()}
+def _adapter_modules(ctx: BuildContext) -> list[str]:
+    from ..labels import peft_modules
 
-
-def _adapter_modules(model: Any) -> list[str]:
-    names = [n for n, m in model.named_modules() if type(m).__module__.startswith("peft.")]
-    if not names and getattr(model, "peft_config", None):
+    names = peft_modules(ctx.model)
+    if not names and getattr(ctx.model, "peft_config", None):
         names = ["(peft_config is set)"]
     return names
 
 
-def _quantized_weights(model: Any) -> list[str]:
+def _quantized_weights(ctx: BuildContext) -> list[str]:
+    model, table = ctx.model, ctx.labels
     found = []
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         found.append("(model loaded in 4/8-bit)")
     elif getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
         found.append("(model has a quantization config)")
-    for name, p in model.named_parameters():
+    for row in table.all_rows:  # frozen ones too: a quantized base under adapters
+        p = table.param(row.name)
         if not p.is_floating_point() or type(p).__name__ in ("Params4bit", "Int8Params"):
-            found.append(f"{name} ({type(p).__name__}, {p.dtype})")
+            found.append(f"{row.name} ({type(p).__name__}, {p.dtype})")
     return found
 
 
@@ -395,15 +395,15 @@ def _projection_last_dim(shape: torch.Size, rank: int) -> int:
 
 def _check_q_galore_model(ctx: BuildContext, targeted: list[tuple[str, torch.Tensor]]) -> None:
     name = ctx.spec.name
-    model = ctx.require_model()
-    adapters = _adapter_modules(model)
+    ctx.require_model()
+    adapters = _adapter_modules(ctx)
     if adapters:
         raise ValueError(
             f"optim={name!r} trains full weights through low-rank gradient projections and cannot be combined "
             f"with LoRA/PEFT adapters (found {', '.join(adapters[:4])}). Train the base weights without adapters, "
             "or use an ordinary optimizer (e.g. optim='adamw_torch') for the adapters."
         )
-    quantized = _quantized_weights(model)
+    quantized = _quantized_weights(ctx)
     if quantized:
         raise ValueError(
             f"optim={name!r} cannot train weights loaded in 4/8-bit ({', '.join(quantized[:4])}): it updates "
@@ -427,14 +427,8 @@ def _check_q_galore_model(ctx: BuildContext, targeted: list[tuple[str, torch.Ten
 def _check_group_size(ctx: BuildContext, targeted: list[tuple[str, torch.Tensor]]) -> None:
     options = ctx.options
     group_size = int(options["proj_group_size"])
-    if not options.get("proj_quant"):
-        return
-    if group_size == 0 or group_size < -1:
-        raise ValueError(
-            f"optim_args proj_group_size={group_size} for optim={ctx.spec.name!r} must be positive, or -1 for "
-            "one quantization group per row of the projection"
-        )
-    if group_size == -1:
+    # positive or -1: the record's check refused anything else when the arguments were created
+    if not options.get("proj_quant") or group_size == -1:
         return
     rank = int(options["rank"])
     bad = []
@@ -457,10 +451,8 @@ def _check_group_size(ctx: BuildContext, targeted: list[tuple[str, torch.Tensor]
 
 def q_galore(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     """Q-GaLore: bf16 weights, no adapters, no 4/8-bit loading; projection group size checked up front."""
-    model = ctx.require_model()
-    names = _named(model)
-    groups = ctx.groups or []
-    targeted = [(names[id(p)], p) for g in groups if "rank" in g for p in g["params"]]
+    ctx.require_model()
+    targeted = ctx.labels.named([row for row in ctx.labels if row.target])
     _check_q_galore_model(ctx, targeted)
     _check_group_size(ctx, targeted)
     kwargs = _with_groups(ctx)

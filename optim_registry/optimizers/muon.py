@@ -31,6 +31,7 @@ uses on CPU) with the same state keys (`step`, `exp_avg`, `exp_avg_sq`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -49,68 +50,36 @@ def split_muon_params(
 ) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
     """Split a model's trainable parameters into (muon, adamw) lists of (name, param).
 
-    A parameter goes to Muon only if all of these hold:
+    The parameters' labels come from ``optim_registry.labels`` (the one place parameters are selected); a
+    parameter goes to Muon only if all of these hold:
 
     * it requires grad (frozen parameters are left out of both lists);
-    * it is 2-D;
+    * it is 2-D, and not a norm weight or a bias;
     * it is not the weight of an `nn.Embedding` / `nn.EmbeddingBag` (decided by
-      module type, not by name);
-    * it is not the model's input or output embedding as returned by
+      module type, not by name), nor the model's input or output embedding as returned by
       `get_input_embeddings()` / `get_output_embeddings()` (when the model has
       them), compared by identity, which also catches an LM head tied to the
       input embedding whatever its name;
+    * it is not a MoE router (``mlp.gate``: the 2-D weight beside an ``experts`` module, one row per expert);
     * no pattern in `exclude` is a substring of the owning module's name or of
       the parameter's own name (the last two dotted components of its full
       name: `lm_head` and `weight` in `lm_head.weight`). The full path is not
       searched, because `output` would then also match hidden matrices such as
       BERT's `attention.output.dense.weight`.
 
-    Everything else (norms, biases, embeddings, the LM head, tensors with more
+    Everything else (norms, biases, embeddings, the LM head, routers, tensors with more
     than two dimensions) goes to AdamW. Both lists keep `named_parameters()`
     order, and tied parameters appear once.
     """
-    embedding_ids = {
-        id(module.weight)
-        for module in model.modules()
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag))
-    }
-    io_embedding_ids = _io_embedding_weight_ids(model)
+    from optim_registry.labels import label_parameters
+    from optim_registry.param_groups import route
 
+    table = label_parameters(model, exclude="|".join(re.escape(p) for p in exclude) or None)
     muon: list[tuple[str, nn.Parameter]] = []
     adamw: list[tuple[str, nn.Parameter]] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_hidden_matrix = (
-            param.ndim == 2
-            and id(param) not in embedding_ids
-            and id(param) not in io_embedding_ids
-            and not _name_excluded(name, exclude)
-        )
-        (muon if is_hidden_matrix else adamw).append((name, param))
+    for row, named in zip(table, table.named(), strict=True):
+        (muon if route(row, lora_to_adamw=False) == "matrix" else adamw).append(named)
     return muon, adamw
-
-
-def _io_embedding_weight_ids(model: nn.Module) -> set[int]:
-    ids: set[int] = set()
-    for getter_name in ("get_input_embeddings", "get_output_embeddings"):
-        getter = getattr(model, getter_name, None)
-        if not callable(getter):
-            continue
-        try:
-            module = getter()
-        except (NotImplementedError, AttributeError):
-            # Hugging Face base classes raise these when a model has no such layer.
-            continue
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, Tensor):
-            ids.add(id(weight))
-    return ids
-
-
-def _name_excluded(name: str, exclude: Sequence[str]) -> bool:
-    tail = name.split(".")[-2:]
-    return any(pattern in part for pattern in exclude for part in tail)
 
 
 def zeropower_via_newtonschulz(
