@@ -83,6 +83,14 @@ def check(spec: OptimizerSpec, args: Any, kind: str, config: dict[str, Any]) -> 
             f"fp32 weights in memory; DeepSpeed ZeRO stage {stage} with offload_optimizer device 'nvme' swaps them "
             "out. Offload to 'cpu' instead, or drop the optimizer offload."
         )
+    if offload not in (None, "none") and config.get("zero_force_ds_cpu_optimizer") is True:
+        raise ValueError(
+            f"optim={spec.name!r} under DeepSpeed ZeRO stage {stage} with offload_optimizer device {offload!r}: "
+            "'zero_force_ds_cpu_optimizer': true makes accelerate replace the optimizer by DeepSpeed's CPU Adam "
+            f"(keeping only its lr and weight_decay), so optim={spec.name!r} would not train. Drop the key (the "
+            f"registry then sets it false and optim={spec.name!r} steps the offloaded partitions), or give the "
+            "DeepSpeed config an \"optimizer\" block of its own for DeepSpeed's CPU Adam."
+        )
     if spec.distributed.zero_math == "deepspeed_muon":
         _check_muon(spec, args, stage, config)
     if spec.distributed.zero_math == "views":
@@ -169,6 +177,8 @@ def configure(trainer: Any, spec: OptimizerSpec | None) -> None:
 
     - no ``gradient_clipping`` key: DeepSpeed would not clip while ``max_grad_norm`` says to (and one process
       clips): it is filled from ``max_grad_norm``, as ``"auto"`` is;
+    - an optimizer offload and no ``zero_force_ds_cpu_optimizer`` key: set false, so that accelerate keeps the
+      optimizer the Trainer built instead of swapping in DeepSpeed's CPU Adam;
     - Muon: clipping off (only transformers' default ``max_grad_norm`` gets here: ``check`` refuses any other),
       with one warning; ZeRO-3: ``reduce_scatter`` false, which DeepSpeed's Muon needs.
     """
@@ -181,6 +191,13 @@ def configure(trainer: Any, spec: OptimizerSpec | None) -> None:
     norm = float(getattr(trainer.args, "max_grad_norm", 0.0) or 0.0)
     if "gradient_clipping" not in config and norm > 0:
         config["gradient_clipping"] = norm
+    offload = (zero.get("offload_optimizer") or {}).get("device")
+    if offload not in (None, "none") and "optimizer" not in config:
+        # accelerate would replace the Trainer's optimizer, whatever it is, by DeepSpeed's CPU Adam (Adam with L2
+        # decay for anything but torch's AdamW, and only lr / weight_decay carried over): SGD, 8-bit AdamW or
+        # Muon trained as Adam without a word. False keeps the optimizer that was asked for (``check`` refuses
+        # an explicit true).
+        config.setdefault("zero_force_ds_cpu_optimizer", False)
     if spec is None or stage not in (1, 2, 3):
         return
     if spec.distributed.zero_math != "deepspeed_muon":

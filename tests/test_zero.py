@@ -47,13 +47,14 @@ REFUSE = [f"train/{n}" for n in REFUSED]
 MUON_EXCLUDE = "train/muon:exclude=embed|lm_head|down_proj"
 FLAT_8BIT = "stock_class/adamw_8bit@v520l3+noclip"  # the library on ZeRO's flat partitions: the negative control
 RESUMED_8BIT = "resume/adamw_8bit@v520l3+noclip"
+OFFLOADED = {2: "train/sgd:momentum=0.9@offload", 3: "train/adamw_8bit@v520l3+noclip+offload"}
 EXTRA = {
     1: [],
     2: ["train/adamw_torch@clipkeyless", MUON_EXCLUDE, "train/muon@clip", "stock/galore_adamw", "prebuilt",
         "cls_and_kwargs", "dsopt/AdamW", "dsopt/Muon", "resume/adamw_torch", "resume/muon", "resume_checks",
-        FLAT_8BIT, RESUMED_8BIT],
+        FLAT_8BIT, RESUMED_8BIT, OFFLOADED[2]],
     3: ["train/schedule_free_adamw@subgroups", "stock_class/schedule_free_adamw@subgroups",
-        "resume/schedule_free_adamw"],
+        "resume/schedule_free_adamw", OFFLOADED[3]],
 }
 
 
@@ -199,6 +200,31 @@ def test_block_quantised_names_train_as_one_process_on_per_tensor_views(zero_run
         assert control[0]["class"] == "AdamW"
         # (no block of this model is split under ZeRO-2: all of it lies outside the split blocks)
         assert _diff(control[0]["final"], one_process(FLAT_8BIT.replace("stock_class/", "train/"))["final"]) > 1e-3
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_an_offloaded_optimizer_is_the_one_asked_for(zero_runs, one_process, stage):
+    # accelerate swaps any optimizer for DeepSpeed's CPU Adam under an optimizer offload unless the config says
+    # "zero_force_ds_cpu_optimizer": false (SGD then ended 3e-2 away); the registry sets it
+    case = OFFLOADED[stage]
+    if case not in zero_runs[stage]:
+        pytest.skip("not installed")
+    records = zero_runs[stage][case]
+    _ok(records, case)
+    ref = one_process(case.replace("+offload", "").replace("@offload", ""))
+    name = parse(case)[0]
+    assert records[0]["class"] == ("SGD" if name == "sgd" else f"ZeRO{stage}AdamW"), records[0]["class"]
+    masks = _split_blocks(records, ref["final"]) if "views" in records[0] else {
+        n: torch.zeros_like(t, dtype=torch.bool) for n, t in ref["final"].items()}
+    outside, inside = _apart(records[0]["final"], ref["final"], masks)
+    assert outside < TOLERANCE and inside < SPLIT_TOLERANCE, (case, outside, inside)
+    from optim_registry import TrainingArguments
+
+    with pytest.raises(ValueError, match=r"optim='sgd' under DeepSpeed ZeRO stage 2 with offload_optimizer device "
+                                         r"'cpu': 'zero_force_ds_cpu_optimizer': true"):
+        TrainingArguments("x", optim="sgd", deepspeed={**_config(2, offload_optimizer={"device": "cpu"}),
+                                                       "zero_force_ds_cpu_optimizer": True},
+                          report_to=[], use_cpu=True)
 
 
 def test_a_split_tensor_is_cut_at_its_own_block_boundaries():

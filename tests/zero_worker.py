@@ -11,7 +11,8 @@ difference in the weights comes from the optimizer. Each rank writes ``OUT_DIR/<
   LM head's 8-bit state is quantised; ``@v520l3``: 520 tokens and 3 layers, so that ZeRO splits quantised
   tensors mid-block; ``@subgroups``: ZeRO-3 sub-groups of 512 elements; ``@clip``: max_grad_norm=0.5;
   ``@clipkeyless``: the same with no ``gradient_clipping`` key in the DeepSpeed config; ``@noclip``:
-  max_grad_norm=0; ``+unaligned``: per-tensor views without cutting split tensors at their block boundaries);
+  max_grad_norm=0; ``+unaligned``: per-tensor views without cutting split tensors at their block boundaries;
+  ``+offload``: the optimizer offloaded to the CPU);
 - ``stock_class/NAME[@VARIANT]``: the library's class as the stock Trainer builds it
   (``optimizer_cls_and_kwargs``), the negative control of the registry's ZeRO-3 stepping;
 - ``stock/NAME``: the stock ``transformers.TrainingArguments`` with OptimTrainer (refused when it builds);
@@ -81,7 +82,10 @@ def run_args(name: str, out: str, optim_args: str | None, variant: str, stage: i
     elif "noclip" in flags:
         kw["max_grad_norm"] = 0.0
     if stage is not None:
-        kw["deepspeed"] = ds_config(stage, **({"sub_group_size": 512} if "subgroups" in flags else {}))
+        zero = {"sub_group_size": 512} if "subgroups" in flags else {}
+        if "offload" in flags:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        kw["deepspeed"] = ds_config(stage, **zero)
         if "clipkeyless" in flags:
             del kw["deepspeed"]["gradient_clipping"]
     return training_args(name, out, optim_args, **kw)
