@@ -287,7 +287,7 @@ def zero_stepped(spec: OptimizerSpec, cls: Any, kind: str) -> Any:
             f"optim={spec.name!r} is built by a factory, which cannot be stepped under DeepSpeed ZeRO stage "
             f"{kind[-1]} (whose flat sub-groups need the class itself); use ZeRO-1/2, FSDP2 or DDP."
         )
-    return zero.zero_stepped_class(cls, int(kind[-1]))
+    return zero.zero_stepped_class(cls, int(kind[-1]), spec.distributed.zero_math == "views")
 
 
 def owner_stepped(spec: OptimizerSpec, cls: Any) -> Any:

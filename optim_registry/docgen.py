@@ -231,13 +231,15 @@ def distributed_summary(spec: OptimizerSpec) -> list[str]:
 
 def zero_evidence(spec: OptimizerSpec) -> str:
     """How ``spec`` runs under DeepSpeed ZeRO and whether that combination was trained here."""
-    from .builtin.zero_runs import MATH, MEASURED, REASONED, RUN
+    from .builtin.zero_runs import MATH, MEASURED, REASONED, REASONED_BY_FAMILY, RUN, RUN_NOTES
 
-    how = MATH[spec.distributed.zero_math]
+    math = spec.distributed.zero_math
+    how = MATH[math]
     if spec.name in RUN:
         measured = ", ".join(f"ZeRO-{n} {MEASURED[n][spec.name]:.2g}" for n in sorted(MEASURED))
-        return f"{how}; run here (2 processes; largest difference to one process after 3 steps: {measured})"
-    return f"{how}; {REASONED[spec.distributed.zero_math]}"
+        note = f"; {RUN_NOTES[spec.name]}" if spec.name in RUN_NOTES else ""
+        return f"{how}; run here (2 processes; largest difference to one process after 3 steps: {measured}{note})"
+    return f"{how}; {REASONED_BY_FAMILY.get((math, spec.family)) or REASONED[math]}"
 
 
 def fsdp2_evidence(spec: OptimizerSpec) -> str:

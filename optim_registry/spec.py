@@ -150,7 +150,7 @@ class Requirement:
 FSDP2_MATH = frozenset({"local", "owner", "native"})
 
 #: How an update runs under DeepSpeed ZeRO; see ``Distributed.zero_math``.
-ZERO_MATH = frozenset({"local", "blockwise", "deepspeed_muon"})
+ZERO_MATH = frozenset({"local", "views", "deepspeed_muon"})
 
 
 @dataclass(frozen=True)
@@ -170,9 +170,9 @@ class Distributed:
     another rank count is then refused with a ``ValueError``).
 
     ``zero_math`` says how a supported ZeRO stage runs it (``optim_registry.zero``): ``"local"`` the
-    library's own step on ZeRO's flat fp32 partitions (elementwise updates), ``"blockwise"`` the same for
-    state quantised in blocks (8-bit, 4-bit): the blocks then run over the flat partitions, across tensors, so
-    it trains but not as one process (warned when built), ``"deepspeed_muon"``
+    library's own step on ZeRO's flat fp32 partitions (elementwise updates), ``"views"`` the library's own step
+    on per-tensor views of those partitions, each view with its whole tensor's decisions (state quantised in
+    blocks of each tensor: bitsandbytes 8-bit, torchao, FlashOptim; ``zero.ZeroViews``), ``"deepspeed_muon"``
     DeepSpeed's own Muon (``deepspeed.runtime.zero.muon``), given the registry's groups and routing.
     """
 

@@ -7,9 +7,12 @@ difference in the weights comes from the optimizer. Each rank writes ``OUT_DIR/<
 (``ok``, ``refused`` with the ValueError's message, or ``error`` with any other exception), the final weights
 (and for train/eval optimizers the eval-mode weights), the warnings seen and what the case checked. Cases:
 
-- ``train/NAME[:OPTIM_ARGS][@VARIANT]``: train ``NAME`` (``@v512``: a 512-token vocabulary, so 8-bit state is
-  quantised; ``@subgroups``: ZeRO-3 sub-groups of 512 elements; ``@clip``: max_grad_norm=0.5; ``@clipkeyless``:
-  the same with no ``gradient_clipping`` key in the DeepSpeed config; ``@noclip``: max_grad_norm=0);
+- ``train/NAME[:OPTIM_ARGS][@VARIANT[+VARIANT]]``: train ``NAME`` (``@v512``: a 512-token vocabulary, so the
+  LM head's 8-bit state is quantised; ``@v520l3``: 520 tokens and 3 layers, so that ZeRO splits quantised
+  tensors mid-block; ``@subgroups``: ZeRO-3 sub-groups of 512 elements; ``@clip``: max_grad_norm=0.5;
+  ``@clipkeyless``: the same with no ``gradient_clipping`` key in the DeepSpeed config; ``@noclip``:
+  max_grad_norm=0; ``+unaligned``: per-tensor views without cutting split tensors at their block boundaries;
+  ``+offload``: the optimizer offloaded to the CPU);
 - ``stock_class/NAME[@VARIANT]``: the library's class as the stock Trainer builds it
   (``optimizer_cls_and_kwargs``), the negative control of the registry's ZeRO-3 stepping;
 - ``stock/NAME``: the stock ``transformers.TrainingArguments`` with OptimTrainer (refused when it builds);
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -72,13 +76,17 @@ def run_args(name: str, out: str, optim_args: str | None, variant: str, stage: i
     from optim_registry.testing import training_args
 
     kw = {"max_steps": STEPS, "per_device_train_batch_size": BATCH, "train_sampling_strategy": "sequential", **kw}
-    if variant in ("clip", "clipkeyless"):
+    flags = set(variant.split("+"))
+    if flags & {"clip", "clipkeyless"}:
         kw["max_grad_norm"] = 0.5
-    elif variant == "noclip":
+    elif "noclip" in flags:
         kw["max_grad_norm"] = 0.0
     if stage is not None:
-        kw["deepspeed"] = ds_config(stage, **({"sub_group_size": 512} if variant == "subgroups" else {}))
-        if variant == "clipkeyless":
+        zero = {"sub_group_size": 512} if "subgroups" in flags else {}
+        if "offload" in flags:
+            zero["offload_optimizer"] = {"device": "cpu"}
+        kw["deepspeed"] = ds_config(stage, **zero)
+        if "clipkeyless" in flags:
             del kw["deepspeed"]["gradient_clipping"]
     return training_args(name, out, optim_args, **kw)
 
@@ -86,7 +94,10 @@ def run_args(name: str, out: str, optim_args: str | None, variant: str, stage: i
 def model_for(variant: str) -> Any:
     from optim_registry.testing import tiny_model
 
-    return tiny_model(vocab_size=512) if variant == "v512" else tiny_model()
+    sized = next((m for m in map(re.compile(r"v(\d+)(?:l(\d+))?$").match, variant.split("+")) if m), None)
+    if sized is None:
+        return tiny_model()
+    return tiny_model(vocab_size=int(sized.group(1)), layers=int(sized.group(2) or 2))
 
 
 def weights(trainer: Any) -> dict[str, torch.Tensor]:
@@ -115,16 +126,25 @@ def train_case(trainer: Any, record: dict[str, Any], resume: str | None = None) 
         trainer.optimizer.train()
     record["final"] = weights(trainer)
     record["grad_norm"] = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    if callable(getattr(inner, "registry_views", None)):  # per-tensor views of ZeRO's partitions: where each lies
+        record["views"] = [(names[id(v.param)], v.start, v.length, v.quantised, v.partial)
+                           for v in inner.registry_views()]
+    elif any("state1" in s for s in inner.state.values()):  # bitsandbytes in one process: which state is 8-bit
+        record["state_bits"] = {names[id(p)]: 8 if s["state1"].dtype == torch.uint8 else 32
+                                for p, s in inner.state.items() if "state1" in s and id(p) in names}
     tags = {n: getattr(p, "use_muon", None) for n, p in trainer.model.named_parameters()}
     if any(v is not None for v in tags.values()):
         record["use_muon"] = tags
 
 
-def one_process_record(case: str, out: str, deepspeed_muon: bool = False, **kw: Any) -> dict[str, Any]:
+def one_process_record(case: str, out: str, deepspeed_muon: bool = False, dynamo: bool = False,
+                       **kw: Any) -> dict[str, Any]:
     """The reference: ``case`` trained in this one process (no DeepSpeed) on the same batches.
 
     ``deepspeed_muon``: DeepSpeed's Muon over the registry's groups (``zero.deepspeed_muon``), which runs
     Newton-Schulz itself on 2-D weights when no ZeRO optimizer is around. Muon runs unclipped (as under ZeRO).
+    ``dynamo``: leave ``torch.compile`` on (torchao compiles its step; DeepSpeed's Muon would take minutes).
     """
     from optim_registry import OptimTrainer, build, zero
 
@@ -138,7 +158,7 @@ def one_process_record(case: str, out: str, deepspeed_muon: bool = False, **kw: 
         extra["optimizer_cls_and_kwargs"] = zero.deepspeed_muon(build.make_context(args, model), 2)
     record: dict[str, Any] = {}
     # DeepSpeed's Muon is wrapped in torch.compile: minutes on the CPU, for nothing here
-    with torch._dynamo.config.patch(disable=True):
+    with torch._dynamo.config.patch(disable=not dynamo):
         trainer = OptimTrainer(model=model, args=args, train_dataset=SameBatch(1), **extra)
         train_case(trainer, record)
     return record
@@ -147,13 +167,14 @@ def one_process_record(case: str, out: str, deepspeed_muon: bool = False, **kw: 
 def run_case(case: str, out: str, stage: int, world: int) -> dict[str, Any]:
     import transformers
 
-    from optim_registry import OptimTrainer
+    from optim_registry import OptimTrainer, zero
 
     kind = case.partition("/")[0]
     folder = os.path.join(out, case.replace("/", "_"))
     record: dict[str, Any] = {"status": "ok"}
     if kind in ("train", "stock"):
         name, optim_args, variant = parse(case)
+        zero.ALIGN_BLOCKS = "unaligned" not in variant.split("+")  # the benchmark's measure of what it buys
         if kind == "stock":
             args = transformers.TrainingArguments(
                 folder, optim=name, optim_target_modules=[r".*attn.*", r".*mlp.*"], report_to=[], use_cpu=True,
@@ -263,8 +284,12 @@ def resume_checks(out: str, stage: int, world: int) -> dict[str, Any]:
     return {"checks": found}
 
 
-def launch(out: str, stage: int, cases: list[str], timeout: float = 900) -> dict[str, list[dict[str, Any]]]:
-    """One 2-process torchrun launch of this worker; case -> [rank 0's record, rank 1's record]."""
+def launch(out: str, stage: int, cases: list[str], timeout: float = 900,
+           dynamo: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """One 2-process torchrun launch of this worker; case -> [rank 0's record, rank 1's record].
+
+    ``dynamo``: leave ``torch.compile`` on (torchao's names need it; DeepSpeed's Muon then compiles for minutes).
+    """
     import socket
     import subprocess
     from pathlib import Path
@@ -273,9 +298,9 @@ def launch(out: str, stage: int, cases: list[str], timeout: float = 900) -> dict
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     here = Path(__file__).resolve()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here.parents[1]),
-           # DeepSpeed's Muon is wrapped in torch.compile: minutes of compiling on the CPU, for nothing here
-           "TORCHDYNAMO_DISABLE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here.parents[1])}
+    if not dynamo:  # DeepSpeed's Muon is wrapped in torch.compile: minutes of compiling on the CPU, for nothing here
+        env["TORCHDYNAMO_DISABLE"] = "1"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), str(here), out, str(stage), *cases]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)

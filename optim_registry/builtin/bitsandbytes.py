@@ -40,8 +40,9 @@ _RMSPROP_OPTIONS = (
 )
 
 
-#: 8-bit state is quantised in blocks of each tensor; under ZeRO the blocks run over the flat partitions.
-_BLOCKWISE = Distributed(zero_math="blockwise")
+#: 8-bit state is quantised in blocks of each tensor: under ZeRO it is stepped on per-tensor views of the flat
+#: partitions, each with its whole tensor's 8-/32-bit decision (``zero.ZeroViews``).
+_VIEWS = Distributed(zero_math="views")
 
 
 def _state_note(bits: int, paged: bool) -> str:
@@ -60,7 +61,7 @@ def _adamw(name: str, bits: int, paged: bool, alias_of: str = "") -> OptimizerSp
         requires=_REQUIRES,
         hparams=frozenset({"lr", "betas", "eps", "weight_decay"}),
         options=(_MIN_8BIT,) if bits == 8 else (),
-        distributed=_BLOCKWISE if bits == 8 else Distributed(),
+        distributed=_VIEWS if bits == 8 else Distributed(),
         fixed={"optim_bits": bits, "is_paged": paged},
         embedding_32bit=bits == 8,
         state_bytes=2.03 if bits == 8 else 8.0,
@@ -81,7 +82,7 @@ def _ademamix(name: str, bits: int, paged: bool) -> OptimizerSpec:
         requires=_REQUIRES,
         hparams=frozenset({"lr", "betas", "eps", "weight_decay"}),
         options=_ADEMAMIX_OPTIONS + ((_MIN_8BIT,) if bits == 8 else ()),
-        distributed=_BLOCKWISE if bits == 8 else Distributed(),
+        distributed=_VIEWS if bits == 8 else Distributed(),
         fixed={"optim_bits": bits, "is_paged": paged},
         builder=f"{_SHIMS}:ademamix",
         # (beta1, beta2) and beta3 from its option, or all three in betas
@@ -105,7 +106,7 @@ def _lion(name: str, bits: int, paged: bool) -> OptimizerSpec:
         requires=_REQUIRES,
         hparams=frozenset({"lr", "betas", "weight_decay"}),
         options=(_MIN_8BIT,) if bits == 8 else (),
-        distributed=_BLOCKWISE if bits == 8 else Distributed(),
+        distributed=_VIEWS if bits == 8 else Distributed(),
         fixed={"optim_bits": bits, "is_paged": paged},
         embedding_32bit=bits == 8,
         state_bytes=1.02 if bits == 8 else 4.0,
@@ -123,7 +124,7 @@ def _rmsprop(name: str, bits: int) -> OptimizerSpec:
         requires=_REQUIRES,
         hparams=frozenset({"lr", "weight_decay"}),
         options=_RMSPROP_OPTIONS + ((_MIN_8BIT,) if bits == 8 else ()),
-        distributed=_BLOCKWISE if bits == 8 else Distributed(),
+        distributed=_VIEWS if bits == 8 else Distributed(),
         fixed={"optim_bits": bits},
         checks=(bnb_rmsprop,),
         embedding_32bit=bits == 8,

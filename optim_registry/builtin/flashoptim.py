@@ -12,8 +12,8 @@ from .checks import nesterov_needs_momentum
 
 _REQ = (Requirement("flashoptim", "flashoptim", "0.1.4", extra="flashoptim"),)
 _BUILDER = "optim_registry.families.flashoptim:build"
-#: int8 state quantised in groups of each tensor: under ZeRO the groups run over the flat partitions.
-_DISTRIBUTED = Distributed(zero_math="blockwise")
+#: int8 state quantised in groups of each tensor: under ZeRO stepped on per-tensor views of the flat partitions.
+_DISTRIBUTED = Distributed(zero_math="views")
 
 _CPU_POLICY = (
     " CUDA runs get the quantised, fused path with 24-bit master weights for bf16/fp16 weights "

@@ -50,8 +50,8 @@ def _ao(name: str, kind: str, description: str) -> OptimizerSpec:
         hparams=_HP,
         options=_OPTIONS,
         state_bytes=bytes_per_param,
-        # block-wise quantised state: under ZeRO the blocks run over the flat partitions
-        distributed=Distributed(zero_math="blockwise"),
+        # block-wise quantised state: under ZeRO stepped on per-tensor views of the flat partitions
+        distributed=Distributed(zero_math="views"),
         resume="state_dict (quantised state tensors stored as plain tensors plus metadata)",
         paper={"4bit": "arXiv:2309.01507", "8bit": "arXiv:2110.02861", "fp8": "arXiv:2310.18313"}[kind],
     )
