@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from ..spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, MatrixRouting, OptimizerSpec, Requirement, opt
 from .checks import positive_lr
@@ -18,6 +19,17 @@ _MATRIX_DISTRIBUTED = Distributed(
 )
 #: Muon shards its own Newton-Schulz across FSDP2 ranks (optim_registry.sharded.whole_matrix_map).
 _MUON_DISTRIBUTED = replace(_MATRIX_DISTRIBUTED, fsdp2_math="native")
+
+#: ``matmul_dtype`` of the registry's Muon and Dion (``optim_registry.optimizers.precision.MATMUL_DTYPES``,
+#: written out here because listing imports no torch).
+MATMUL_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def _matmul_dtype(what: str) -> Any:
+    return opt("matmul_dtype", "str", "auto", f"dtype of {what}: auto = bfloat16 where the device multiplies it "
+               "natively (CUDA from Ampere, CPUs with AVX512-BF16/AMX), float32 where bfloat16 would be emulated "
+               "(and faster in float32); bfloat16 or float32 force one", choices=MATMUL_DTYPES)
+
 
 #: Routing options shared by Muon and Dion (the interpreter reads them: ``build.matrix_routes``).
 _ROUTING_OPTIONS = (
@@ -93,6 +105,7 @@ RECORDS = (
             opt("rank_fraction", "float", 1.0, "r = ceil(rank_fraction * min(rows, cols)) when rank is none",
                 low=0.0, high=1.0, low_open=True),
             opt("seed", "int", 0, "seed of the initial right factors Q"),
+            _matmul_dtype("the power iteration's products (auto keeps the state's dtype where native)"),
             *_ROUTING_OPTIONS,
         ),
         builder="optim_registry.families.beyond:dion",
@@ -131,6 +144,7 @@ RECORDS = (
                 "TrainingArguments.weight_decay", low=0.0),
             opt("expert_matrices", "bool", True, "3-D MoE expert stacks go to Muon, one matrix per expert; "
                 "false sends them to AdamW"),
+            _matmul_dtype("the Newton-Schulz iteration (bfloat16 is torch.optim.Muon's)"),
             *_ROUTING_OPTIONS,
         ),
         builder="optim_registry.families.beyond:muon",
