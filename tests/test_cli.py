@@ -120,6 +120,22 @@ def test_show_target_module_and_layerwise_snippets_are_valid_training_arguments(
         assert 'optim_target_modules=["self_attn", "mlp"]' in capsys.readouterr().out
 
 
+def test_show_says_a_layerwise_twin_steps_inside_backward_not_after_it(capsys):
+    """The twin's record keeps its base's protocol; the page must not also say it steps after backward."""
+    for twin, base in (("galore_adamw_layerwise", "galore_adamw"), ("schedule_free_adamw_layerwise",
+                                                                     "schedule_free_adamw")):
+        assert main(["show", twin, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert "after backward, as usual" not in json.dumps(shown), twin
+        assert "stepped inside backward, by a hook" in shown["protocol_text"], shown["protocol_text"]
+        assert "single process only" not in " ".join(shown["notes"]) and "or DDP" in " ".join(shown["notes"])
+        assert main(["show", base, "--json"]) == 0
+        assert "inside backward" not in json.loads(capsys.readouterr().out)["protocol_text"], base
+    assert main(["show", "schedule_free_adamw_layerwise"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "`optimizer.train()` before training steps" in text and "only completes the step" in text
+
+
 def test_show_unknown_name_exits_nonzero_with_closest_names(capsys):
     assert main(["show", "adamw_torh"]) == 2
     captured = capsys.readouterr()
