@@ -224,6 +224,32 @@ def test_compare_reports_every_name_it_cannot_run(tmp_path, capsys):
     _check_png(out / "loss_curves.png")
 
 
+def test_compare_with_nothing_to_train_writes_nothing_and_exits_1(tmp_path, capsys):
+    """Every name skipped: one line says so; no empty table or plot (it was titled "tiny Llama (0k params)")."""
+    out = tmp_path / "cmp"
+    code = main(["compare", "--optims", "not_an_optimizer,nor_this", "--steps", "2", "--out", str(out),
+                 "--no-progress"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 1
+    assert [line.split(":")[0] for line in lines] == ["skipping not_an_optimizer", "skipping nor_this",
+                                                     "nothing trained (skipped not_an_optimizer, nor_this; reasons above)"]
+    assert str(out) in lines[-1] and not out.exists()
+
+    from optim_registry import register_optimizer, unregister_optimizer
+
+    def refuses(ctx):
+        raise ValueError("needs bf16 weights")
+
+    register_optimizer("t_cli_refuses_all", refuses)  # runnable by its record, refused when built
+    try:
+        code = main(["compare", "--optims", "t_cli_refuses_all", "--steps", "2", "--out", str(out), "--no-progress"])
+    finally:
+        unregister_optimizer("t_cli_refuses_all")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("nothing trained (skipped t_cli_refuses_all;"), last
+    assert not any(out.iterdir())  # the folder was made ready before training; nothing written into it
+
+
 def test_compare_learning_rates_and_lr_flag():
     from optim_registry.compare import learning_rate, parse_lr
 
