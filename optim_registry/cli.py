@@ -146,6 +146,7 @@ def show_dict(spec: Any) -> dict[str, Any]:
         "parameter_groups": docgen.grouping_text(spec),
         "optim_groups_keys": _rule_keys(spec),
         "protocol": spec.protocol,
+        "protocol_text": docgen.protocol_text(spec),
         "distributed": docgen.distributed_support(spec),
         "fsdp2": {"math": spec.distributed.fsdp2_math,
                   "how": docgen.fsdp2_evidence(spec) if spec.distributed.fsdp2 is True else None,

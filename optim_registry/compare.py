@@ -386,17 +386,13 @@ def compare(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> Report:
-    """Train each name, print the table and write ``results.md``, ``results.json``, ``loss_curves.png``."""
+    """Train each name, print the table and write ``results.md``, ``results.json``, ``loss_curves.png``.
+
+    When no name trains (every one skipped, refused or failed) nothing is written: the report's
+    ``exit_code`` is 1 and the last line printed says so.
+    """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    # Before any training: a bad --out found after minutes of training would lose every result.
-    check_output_dir(Path(out))
-    import torch
-    import transformers
-    from tqdm.auto import tqdm
-
-    from .demo import make_datasets
-    from .registry import optimizers
     from .runnable import can_run
 
     names = list(dict.fromkeys(names))  # keep order, drop repeats
@@ -409,6 +405,17 @@ def compare(
         else:
             not_run.append(NotRun(name, reason))
             echo(f"skipping {name}: {reason}")
+    if not runnable:
+        echo(_nothing_trained(not_run, out))
+        return Report(settings={"steps": steps}, results=[], not_run=not_run)
+    # Before any training: a bad --out found after minutes of training would lose every result.
+    check_output_dir(Path(out))
+    import torch
+    import transformers
+    from tqdm.auto import tqdm
+
+    from .demo import make_datasets
+    from .registry import optimizers
 
     old_threads = torch.get_num_threads()
     old_verbosity = transformers.logging.get_verbosity()
@@ -467,6 +474,9 @@ def compare(
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
     }
     report = Report(settings=settings, results=results, not_run=not_run)
+    if not results:  # each name's reason is printed already; an empty table and plot would say nothing
+        echo(_nothing_trained(not_run, out))
+        return report
     write_outputs(report, Path(out))
     echo("")
     echo(results_table(results) if results else "no optimizer ran")
@@ -474,6 +484,13 @@ def compare(
         echo(f"{'failed' if n.failed else 'skipped'}: {n.name}: {n.reason}")
     echo(f"\n{len(results)} trained in {settings['seconds']:.0f} s; wrote " + ", ".join(str(p) for p in report.files))
     return report
+
+
+def _nothing_trained(not_run: Sequence[NotRun], out: str | Path) -> str:
+    skipped = [n.name for n in not_run if not n.failed]
+    failed = [n.name for n in not_run if n.failed]
+    parts = ([f"skipped {', '.join(skipped)}"] if skipped else []) + ([f"failed {', '.join(failed)}"] if failed else [])
+    return f"nothing trained ({'; '.join(parts) or 'no names given'}; reasons above): no table or plot written to {out}"
 
 
 # -- output -----------------------------------------------------------------------------------------

@@ -79,6 +79,13 @@ PROTOCOLS = {
     "(`gradient_accumulation_steps=1`)",
 }
 
+#: What stepping looks like for a ``_layerwise`` twin, whose record keeps its base's protocol.
+LAYERWISE_PROTOCOL = (
+    "each parameter is stepped inside backward, by a hook, as soon as its gradient is ready (on the last "
+    "micro-batch under gradient accumulation); the Trainer's `optimizer.step()` after backward only completes "
+    "the step (gradient norm, the values schedulers read)"
+)
+
 #: Where each hyperparameter comes from in ``TrainingArguments``.
 HPARAM_SOURCES = {
     "lr": "`learning_rate` → `lr`",
@@ -197,7 +204,11 @@ def _grouping_core(spec: OptimizerSpec) -> str:
 
 
 def protocol_text(spec: OptimizerSpec) -> str:
-    return PROTOCOLS.get(spec.protocol, spec.protocol)
+    """How the Trainer drives the optimizer; a layer-wise twin says it steps inside backward, not after it."""
+    text = PROTOCOLS.get(spec.protocol, spec.protocol)
+    if not spec.layerwise:
+        return text
+    return LAYERWISE_PROTOCOL if spec.protocol == "step" else f"{text}; {LAYERWISE_PROTOCOL}"
 
 
 def distributed_support(spec: OptimizerSpec) -> dict[str, bool | str]:
@@ -281,7 +292,9 @@ def notes(spec: OptimizerSpec) -> list[str]:
         out.append(
             f"layer-wise form of{base}: each parameter is stepped inside backward; global-norm clipping only "
             "with `optim_args='clip=global'` (one extra backward pass), else `max_grad_norm=0` or "
-            "`clip_per_param`; single process only"
+            "`clip_per_param`; "
+            + ("one process, or DDP (each parameter stepped once its gradient bucket is averaged); no sharded "
+               "back-end" if distributed_support(spec)["ddp"] is True else "single process only")
         )
     if spec.needs_gpu:
         out.append(f"needs a CUDA GPU: {spec.needs_gpu}")

@@ -24,7 +24,10 @@ their plan (``plan.check_layerwise_clipping``).
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import gc
+import sys
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -42,6 +45,30 @@ InnerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 # Group keys that describe the group rather than configure the update.
 _NOT_HYPERPARAMS = frozenset({"params", "param_names"})
 _MISSING = object()
+
+
+#: Bytes of freed CPU gradients after which the engine hands free heap memory back to the operating system.
+#: glibc keeps freed chunks below its (adaptive, up to 32 MiB) mmap threshold in its heap, resident; a
+#: gradient freed between two optimizer states leaves such a hole, and on a 134M-parameter Llama the holes
+#: held 150-250 MiB of peak RSS, the very saving layer-wise stepping exists for. Memory given back is
+#: faulted in again when the next gradient lands there, so trimming costs time (measured on that model,
+#: batch 1 x 64 tokens, 1 thread: +7% per step every 256 MiB, +11% every 64 MiB, +21% every 32 MiB, for
+#: peaks 2555 / 2537 / 2535 MiB against 2671-2716 MiB without); 64 MiB is the knee.
+TRIM_EVERY_BYTES: int | None = 64 * 2**20  # None: never trim
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[], Any] | None:
+    """glibc's ``malloc_trim(0)`` (releases free heap pages anywhere in every arena), or ``None`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return functools.partial(trim, 0)
 
 
 def _always_true() -> bool:
@@ -180,6 +207,8 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         self._ddp: Any = None
         self._checked_world = False
         self._stepped_in_backward: set[torch.Tensor] = set()
+        # Bytes of gradients freed in backward since free heap memory was last handed back (TRIM_EVERY_BYTES).
+        self._freed_bytes = 0
 
         # Copies: torch rewrites the group dicts it is given, and the caller's dicts stay theirs.
         groups = [dict(g) if isinstance(g, dict) else g for g in param_groups]
@@ -287,13 +316,29 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         inner = self._inner.get(param)
         if inner is None or param.grad is None:
             return
+        # Only glibc's heap needs the hand-back; accelerators have their own caching allocators.
+        nbytes = param.grad.numel() * param.grad.element_size() if param.grad.device.type == "cpu" else 0
         if self._max_grad_norm is None or self._phase == "apply":
             self._step_param(param, inner)
         elif self._phase == "measure":
             # Only the norm is needed from this pass; the second pass recomputes the gradient.
             self._norms.append(self._grad_norm_of(param.grad))
             param.grad = None
-        # Global clipping outside backward(): the gradient is held, and step() clips and steps it.
+        else:
+            return  # global clipping outside backward(): the gradient is held, and step() clips and steps it
+        self._gradient_freed(nbytes)
+
+    def _gradient_freed(self, nbytes: int) -> None:
+        """Counts a gradient freed in backward; every TRIM_EVERY_BYTES, returns free heap pages to the OS."""
+        if TRIM_EVERY_BYTES is None or nbytes == 0:
+            return
+        self._freed_bytes += nbytes
+        if self._freed_bytes < TRIM_EVERY_BYTES:
+            return
+        self._freed_bytes = 0
+        trim = _malloc_trim()
+        if trim is not None:
+            trim()
 
     @property
     def clips_globally(self) -> bool:

@@ -230,8 +230,9 @@ def whole_matrix_map(
     """``fn`` applied once to each whole DTensor (on its owner); returns this rank's rows of every result.
 
     The registry's Muon orthogonalises its sharded momentum updates with this: ``fn`` is Newton-Schulz
-    and ``out_dtype`` its result dtype (bfloat16), which ranks that own no result must know for the
-    scatter; ``None`` means the input's dtype. Every rank must pass the same tensors in the same order.
+    and ``out_dtype`` its result dtype (Muon's ``matmul_dtype`` on this device: bfloat16 or float32),
+    which ranks that own no result must know for the scatter; ``None`` means the input's dtype. Every rank
+    must pass the same tensors, in the same order, with the same ``out_dtype``.
     """
     layouts = [layout_of(t, "a matrix") for t in tensors]
     owners = assign_owners(layouts)

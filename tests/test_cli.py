@@ -121,6 +121,22 @@ def test_show_target_module_and_layerwise_snippets_are_valid_training_arguments(
         assert 'optim_target_modules=["self_attn", "mlp"]' in capsys.readouterr().out
 
 
+def test_show_says_a_layerwise_twin_steps_inside_backward_not_after_it(capsys):
+    """The twin's record keeps its base's protocol; the page must not also say it steps after backward."""
+    for twin, base in (("galore_adamw_layerwise", "galore_adamw"), ("schedule_free_adamw_layerwise",
+                                                                     "schedule_free_adamw")):
+        assert main(["show", twin, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert "after backward, as usual" not in json.dumps(shown), twin
+        assert "stepped inside backward, by a hook" in shown["protocol_text"], shown["protocol_text"]
+        assert "single process only" not in " ".join(shown["notes"]) and "or DDP" in " ".join(shown["notes"])
+        assert main(["show", base, "--json"]) == 0
+        assert "inside backward" not in json.loads(capsys.readouterr().out)["protocol_text"], base
+    assert main(["show", "schedule_free_adamw_layerwise"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "`optimizer.train()` before training steps" in text and "only completes the step" in text
+
+
 def test_show_unknown_name_exits_nonzero_with_closest_names(capsys):
     assert main(["show", "adamw_torh"]) == 2
     captured = capsys.readouterr()
@@ -207,6 +223,32 @@ def test_compare_reports_every_name_it_cannot_run(tmp_path, capsys):
     md = (out / "results.md").read_text()
     assert "## Skipped" in md and "## Failed" in md and "t_cli_broken" in md
     _check_png(out / "loss_curves.png")
+
+
+def test_compare_with_nothing_to_train_writes_nothing_and_exits_1(tmp_path, capsys):
+    """Every name skipped: one line says so; no empty table or plot (it was titled "tiny Llama (0k params)")."""
+    out = tmp_path / "cmp"
+    code = main(["compare", "--optims", "not_an_optimizer,nor_this", "--steps", "2", "--out", str(out),
+                 "--no-progress"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 1
+    assert [line.split(":")[0] for line in lines] == ["skipping not_an_optimizer", "skipping nor_this",
+                                                     "nothing trained (skipped not_an_optimizer, nor_this; reasons above)"]
+    assert str(out) in lines[-1] and not out.exists()
+
+    from optim_registry import register_optimizer, unregister_optimizer
+
+    def refuses(ctx):
+        raise ValueError("needs bf16 weights")
+
+    register_optimizer("t_cli_refuses_all", refuses)  # runnable by its record, refused when built
+    try:
+        code = main(["compare", "--optims", "t_cli_refuses_all", "--steps", "2", "--out", str(out), "--no-progress"])
+    finally:
+        unregister_optimizer("t_cli_refuses_all")
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("nothing trained (skipped t_cli_refuses_all;"), last
+    assert not any(out.iterdir())  # the folder was made ready before training; nothing written into it
 
 
 def test_compare_learning_rates_and_lr_flag():

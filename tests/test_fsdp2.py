@@ -24,6 +24,9 @@ WORKER = Path(__file__).with_name("fsdp2_worker.py")
 CONTROL = "muon@shardwise"
 #: Built through OptimTrainer.create_optimizer on the sharded model instead of create_optimizer.
 THROUGH_TRAINER = ["galore_adamw@trainer:rank=4,update_proj_gap=2", "muon@trainer"]
+#: Muon's Newton-Schulz forced to each dtype (RUN's ``muon`` takes whatever this CPU is fast at): the owners
+#: compute and scatter in that dtype, and the result must still be one process's exactly.
+MATMUL_DTYPES = ["muon@fp32:matmul_dtype=float32", "muon@bf16:matmul_dtype=bfloat16"]
 #: Names the run covers when their packages are installed (a slim install may lack some).
 SPECS = [f"{n}:{a}" if a else n for n, a in RUN.items()] + list(REFUSED)
 
@@ -55,7 +58,8 @@ def _torchrun(worker: Path, out: Path, items: list[str], nproc: int = 2) -> dict
 
 @pytest.fixture(scope="module")
 def fsdp2_run(tmp_path_factory):
-    items = [s for s in SPECS + THROUGH_TRAINER if _installed(s)] + ["galore_adamw@hsdp:rank=4", CONTROL]
+    items = [s for s in SPECS + THROUGH_TRAINER + MATMUL_DTYPES if _installed(s)] + ["galore_adamw@hsdp:rank=4",
+                                                                                     CONTROL]
     return _torchrun(WORKER, tmp_path_factory.mktemp("fsdp2") / "results.json", items), items
 
 
@@ -78,6 +82,15 @@ def test_the_trainers_create_optimizer_on_a_sharded_model_trains_exactly(fsdp2_r
         r = results[label]
         assert r["status"] == "ok" and r["max_diff"] < 1e-6 and r["moved"] == r["params"], (label, r)
     assert results["galore_adamw@trainer"]["wrapped"].startswith("FSDP2")
+
+
+def test_sharded_muon_is_exact_in_either_newton_schulz_dtype(fsdp2_run):
+    results, _ = fsdp2_run
+    for item in MATMUL_DTYPES:
+        label = item.partition(":")[0]
+        r = results[label]
+        assert r["status"] == "ok" and r["max_diff"] < 1e-6 and r["moved"] == r["params"], (label, r)
+        assert r["round_trip"], (label, r["round_trip_error"])
 
 
 def test_the_comparison_tells_a_shard_wise_muon_apart(fsdp2_run):

@@ -192,6 +192,8 @@ def test_muon_matches_torch_muon_and_adamw_on_matrices(
         lr=0.05,
         weight_decay=0.1,
         adamw_lr=1e-2,
+        # torch.optim.Muon's dtype on every CPU ("auto" picks float32 where bf16 is emulated).
+        matmul_dtype="bfloat16",
         **hyper,
     )
     refs = [
@@ -214,7 +216,7 @@ def test_muon_matches_torch_muon_and_adamw_on_matrices(
 def test_muon_matches_torch_muon_plus_adamw_on_llama() -> None:
     ours_model = make_model()
     ref_model = copy.deepcopy(ours_model)
-    ours = make_optimizer("muon", ours_model)
+    ours = make_optimizer("muon", ours_model, matmul_dtype="bfloat16")
     muon, adamw = split_muon_params(ref_model)
     refs = [
         torch.optim.Muon([p for _, p in muon], lr=0.02, weight_decay=0.01),

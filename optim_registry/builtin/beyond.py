@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from ..spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, MatrixRouting, OptimizerSpec, Requirement, opt
 from .checks import positive_lr
@@ -20,6 +21,15 @@ _MATRIX_DISTRIBUTED = Distributed(
 #: ZeRO it is handed to DeepSpeed's own Muon, which orthogonalises whole gradients inside ZeRO's partitioning.
 _MUON_DISTRIBUTED = replace(_MATRIX_DISTRIBUTED, fsdp2_math="native", zero1=True, zero2=True, zero3=True,
                             zero_math="deepspeed_muon")
+
+#: ``matmul_dtype`` of the registry's Muon and Dion (``optim_registry.optimizers.precision.MATMUL_DTYPES``,
+#: written out here because listing imports no torch).
+MATMUL_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def _matmul_dtype(help_: str) -> Any:
+    return opt("matmul_dtype", "str", "auto", help_ + "; bfloat16 or float32 force one", choices=MATMUL_DTYPES)
+
 
 #: Routing options shared by Muon and Dion (the interpreter reads them: ``build.matrix_routes``).
 _ROUTING_OPTIONS = (
@@ -97,6 +107,8 @@ RECORDS = (
             opt("rank_fraction", "float", 1.0, "r = ceil(rank_fraction * min(rows, cols)) when rank is none",
                 low=0.0, high=1.0, low_open=True),
             opt("seed", "int", 0, "seed of the initial right factors Q"),
+            _matmul_dtype("dtype of the power iteration's products: auto = the state's dtype, or float32 where a "
+                          "16-bit state would be multiplied in emulation (CPUs without AVX512-BF16/AMX)"),
             *_ROUTING_OPTIONS,
         ),
         builder="optim_registry.families.beyond:dion",
@@ -136,6 +148,9 @@ RECORDS = (
                 "TrainingArguments.weight_decay", low=0.0),
             opt("expert_matrices", "bool", True, "3-D MoE expert stacks go to Muon, one matrix per expert; "
                 "false sends them to AdamW"),
+            _matmul_dtype("dtype of the Newton-Schulz iteration: auto = bfloat16 (torch.optim.Muon's) where the device "
+                          "multiplies it natively (CUDA from Ampere, CPUs with AVX512-BF16 or AMX), float32 where "
+                          "bfloat16 would be emulated and float32 is faster (other CPUs)"),
             *_ROUTING_OPTIONS,
         ),
         builder="optim_registry.families.beyond:muon",

@@ -32,6 +32,12 @@ Choices and deviations, all on purpose:
 * If B is all zeros the matrix step is skipped (weight decay still applies) and
   Q is kept, matching the reference's guard against NaNs from QR of zeros.
 * No sharding, compressed all-reduce or multiple power iterations.
+* The power iteration's products (B Q, B^T P) run in `matmul_dtype`: by default
+  ("auto") the state's dtype, except 16-bit state on a device that would emulate
+  16-bit products (a CPU without AVX512-BF16/AMX), where they run in float32;
+  "bfloat16" / "float32" force one. The error feedback and the weight update are
+  computed in the wider of that dtype and the state's (weights') dtype and rounded
+  once, so forcing bfloat16 never rounds float32 momentum.
 
 Non-matrix parameters (groups with `use_dion=False`) get torch.optim.AdamW's
 update, shared with `muon.py`.
@@ -55,6 +61,7 @@ from optim_registry.optimizers.muon import (
     check_matrix_params,
     require_flag,
 )
+from optim_registry.optimizers.precision import check_matmul_dtype, resolve_matmul_dtype
 
 __all__ = ["Dion", "dion_rank"]
 
@@ -79,6 +86,8 @@ class Dion(Optimizer):
     `weight_decay`, `momentum`, `rank`, `rank_fraction`, `dion_eps` (Dion
     groups) or `lr`, `weight_decay`, `betas`, `eps` (AdamW groups). AdamW groups
     without their own `lr` start at `adamw_lr`. Weight decay is decoupled.
+    `matmul_dtype` ("auto", "bfloat16", "float32") is the dtype of the power
+    iteration's products (see the module docstring).
     """
 
     def __init__(
@@ -94,11 +103,15 @@ class Dion(Optimizer):
         adamw_lr: float = 3e-4,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        matmul_dtype: str | torch.dtype | None = "auto",
     ) -> None:
         if adamw_lr < 0:
             raise ValueError(f"adamw_lr={adamw_lr} must be >= 0.")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed={seed!r} must be a non-negative int.")
+        # A property of the run on this machine, not a hyperparameter: kept out of the groups (and so
+        # out of state_dict), so a checkpoint resumes with whatever this device does best.
+        self.matmul_dtype = check_matmul_dtype(matmul_dtype)
         # add_param_group (called by Optimizer.__init__) reads these.
         self._adamw_lr = adamw_lr
         self._seed = seed
@@ -194,18 +207,34 @@ class Dion(Optimizer):
             return
 
         b = momentum.T if transposed else momentum
-        p = torch.linalg.qr((b @ q).float()).Q.to(b.dtype)
-        r = b.T @ p
+        dtype = resolve_matmul_dtype(self.matmul_dtype, param.device, reference=b.dtype)
+        bm = b.to(dtype)  # b itself when the dtypes agree (the usual case): no copy
+        p = torch.linalg.qr((bm @ q.to(dtype)).float()).Q.to(dtype)
+        r = bm.T @ p
         # Error feedback, written through the (possibly transposed) view into M.
-        b.addmm_(p, r.T, alpha=-(1 - group["momentum"]))
+        _addmm_into(b, bm, p, r.T, alpha=-(1 - group["momentum"]))
         r32 = r.float()
         q.copy_(r32 / (r32.norm(dim=0, keepdim=True) + group["dion_eps"]))
 
         alpha = -lr * math.sqrt(rows / cols)
+        qm = q.to(dtype)
         if transposed:
-            param.addmm_(q, p.T, alpha=alpha)
+            _addmm_into(param, param, qm, p.T, alpha=alpha)
         else:
-            param.addmm_(p, q.T, alpha=alpha)
+            _addmm_into(param, param, p, qm.T, alpha=alpha)
+
+
+def _addmm_into(target: Tensor, same: Tensor, a: Tensor, b: Tensor, alpha: float) -> None:
+    """``target += alpha * a @ b``, multiplied in the wider of the two dtypes and rounded into ``target`` once.
+
+    ``same`` is ``target`` or a copy of it in the dtype of ``a`` and ``b`` (reused rather than copied again).
+    """
+    wide = torch.promote_types(target.dtype, a.dtype)
+    if wide == target.dtype:
+        target.addmm_(a.to(wide), b.to(wide), alpha=alpha)
+    else:
+        base = same if same.dtype == wide and same is not target else target.to(wide)
+        target.copy_(base.addmm_(a, b, alpha=alpha))
 
 
 def _check_dion_group(group: dict[str, Any]) -> None:

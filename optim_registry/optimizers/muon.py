@@ -14,7 +14,10 @@ for op, so results are bit-identical to it for float32 parameters:
   only by the constant factor `1 - momentum`, which the Newton-Schulz step
   normalises away;
 * Newton-Schulz runs in bfloat16 with the quintic coefficients, on the
-  transpose when the matrix is tall;
+  transpose when the matrix is tall (``matmul_dtype="bfloat16"``; the default
+  ``"auto"`` does so where the device multiplies bfloat16 natively and runs
+  it in float32 where bfloat16 would be emulated, see
+  `optim_registry.optimizers.precision`);
 * decoupled weight decay `p *= 1 - lr * weight_decay` uses the unadjusted lr,
   and the step uses `lr` scaled by `adjust_lr_fn` ("original" / None:
   `sqrt(max(1, rows / cols))`, "match_rms_adamw": `0.2 * sqrt(max(rows, cols))`).
@@ -38,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+
+from optim_registry.optimizers.precision import check_matmul_dtype, resolve_matmul_dtype
 
 __all__ = ["MuonWithAdamW", "adamw_step", "split_muon_params"]
 
@@ -83,23 +88,28 @@ def split_muon_params(
 
 
 def zeropower_via_newtonschulz(
-    matrix: Tensor, ns_coefficients: Sequence[float], ns_steps: int, eps: float
+    matrix: Tensor,
+    ns_coefficients: Sequence[float],
+    ns_steps: int,
+    eps: float,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> Tensor:
     """Approximately orthogonalise a 2-D matrix with torch.optim.Muon's Newton-Schulz.
 
     A 3-D tensor is a stack of matrices (a MoE layer's experts): each matrix along the leading
     dimension is orthogonalised on its own, in one batched computation.
-    Returns a new bfloat16 tensor; `matrix` is never modified.
+    Returns a new tensor of `dtype` (bfloat16 as torch.optim.Muon; float32 where bfloat16
+    products would be emulated); `matrix` is never modified.
     """
     if matrix.ndim == 3:
-        return _batched_newtonschulz(matrix, ns_coefficients, ns_steps, eps)
+        return _batched_newtonschulz(matrix, ns_coefficients, ns_steps, eps, dtype)
     a, b, c = ns_coefficients
-    ortho = matrix.bfloat16()
+    ortho = matrix.to(dtype)
     tall = matrix.size(0) > matrix.size(1)
     if tall:
         ortho = ortho.T
-    # Out of place: `.bfloat16()` returns the input itself for bf16 input, and an
-    # in-place divide would then rescale the caller's momentum buffer.
+    # Out of place: `.to(dtype)` returns the input itself when it already has that
+    # dtype, and an in-place divide would then rescale the caller's momentum buffer.
     ortho = ortho / ortho.norm().clamp(min=eps)
     for _ in range(ns_steps):
         gram = ortho @ ortho.T
@@ -111,11 +121,11 @@ def zeropower_via_newtonschulz(
 
 
 def _batched_newtonschulz(
-    stack: Tensor, ns_coefficients: Sequence[float], ns_steps: int, eps: float
+    stack: Tensor, ns_coefficients: Sequence[float], ns_steps: int, eps: float, dtype: torch.dtype
 ) -> Tensor:
     """The 2-D iteration on every matrix of a (batch, rows, cols) stack at once (baddbmm for addmm)."""
     a, b, c = ns_coefficients
-    ortho = stack.bfloat16()
+    ortho = stack.to(dtype)
     tall = stack.size(1) > stack.size(2)
     if tall:
         ortho = ortho.mT
@@ -253,7 +263,10 @@ class MuonWithAdamW(Optimizer):
     hyperparameter (`lr`, `weight_decay`, `momentum`, `betas`, ...). AdamW groups
     without their own `lr` start at `adamw_lr`. `weight_decay` is decoupled in
     both halves. `eps` / `betas` are AdamW's; `muon_eps` is the Newton-Schulz
-    norm floor (torch.optim.Muon's `eps`).
+    norm floor (torch.optim.Muon's `eps`). `matmul_dtype` is the dtype Newton-Schulz
+    multiplies in: "auto" (bfloat16 where the parameter's device multiplies it natively,
+    float32 where it would be emulated), "bfloat16" (torch.optim.Muon's, bit for bit) or
+    "float32".
     """
 
     def __init__(
@@ -270,11 +283,15 @@ class MuonWithAdamW(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        matmul_dtype: str | torch.dtype | None = "auto",
     ) -> None:
         if adamw_lr < 0:
             raise ValueError(f"adamw_lr={adamw_lr} must be >= 0.")
         # add_param_group (called by Optimizer.__init__) reads this.
         self._adamw_lr = adamw_lr
+        # A property of the run on this machine, not a hyperparameter: kept out of the groups (and so
+        # out of state_dict), so a checkpoint resumes with whatever this device does best.
+        self.matmul_dtype = check_matmul_dtype(matmul_dtype)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -346,19 +363,29 @@ class MuonWithAdamW(Optimizer):
         if pending:
             from optim_registry.sharded import whole_matrix_map
 
+            # Every rank names the dtype the owners compute in: it is the scatter's dtype.
+            dtype = self._ns_dtype(pending[0][1].device)
             ortho = whole_matrix_map(
                 [u for _, u in pending],
-                lambda m: self._newton_schulz(m, group),
-                out_dtype=torch.bfloat16,
+                lambda m: self._newton_schulz(m, group, dtype),
+                out_dtype=dtype,
             )
             for (param, _), rows in zip(pending, ortho, strict=True):
                 # `rows` is this rank's rows of the whole-matrix result.
                 self._apply(param, rows, group, lr, local=True)
 
-    @staticmethod
-    def _newton_schulz(update: Tensor, group: dict[str, Any]) -> Tensor:
+    def _ns_dtype(self, device: torch.device) -> torch.dtype:
+        return resolve_matmul_dtype(self.matmul_dtype, device)
+
+    def _newton_schulz(
+        self, update: Tensor, group: dict[str, Any], dtype: torch.dtype | None = None
+    ) -> Tensor:
         return zeropower_via_newtonschulz(
-            update, group["ns_coefficients"], group["ns_steps"], group["muon_eps"]
+            update,
+            group["ns_coefficients"],
+            group["ns_steps"],
+            group["muon_eps"],
+            dtype if dtype is not None else self._ns_dtype(update.device),
         )
 
     @staticmethod
