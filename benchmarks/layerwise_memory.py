@@ -1,18 +1,22 @@
 """Peak resident memory of a layer-wise run against the whole-model run of the same optimizer.
 
-A ~134M-parameter Llama built from a config (random weights, fp32) trains a few steps three times, each
-in a fresh Python process that reports its peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and
-its RSS just before training:
+A ~134M-parameter Llama built from a config (random weights, fp32) trains a few steps, each run in a fresh
+Python process that reports its peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and its RSS just
+before training:
 
 - ``stock``: ``transformers.Trainer``, ``optim="adamw_torch"`` (reference: the registry should add nothing)
-- ``ours``: ``OptimTrainer``, ``optim="adamw_torch"``
-- ``ours_layerwise``: ``OptimTrainer``, ``optim="adamw_torch_layerwise"`` (each parameter stepped in
-  backward and its gradient freed, so the whole model's gradients never exist at once)
+- ``ours``: ``OptimTrainer`` with ``adamw_torch``, and with ``galore_adamw`` (``optim_target_modules``
+  attention and MLP)
+- ``ours_layerwise``: ``OptimTrainer`` with their twins ``adamw_torch_layerwise`` and ``galore_adamw_layerwise``
+  (each parameter stepped in backward and its gradient freed, so the whole model's gradients never exist at once)
 
-Same arguments everywhere (``max_grad_norm=0``, which layer-wise stepping requires). The saving to expect
-is about one gradient per parameter (4 bytes each in fp32) minus the largest single gradient.
+Same arguments everywhere (``max_grad_norm=0``, which layer-wise stepping requires). What layer-wise stepping
+can save is every gradient but the largest one (fp32: 4 bytes per parameter, less the embedding's or the
+head's); each pair prints ``saved / could be saved`` from the median of ``--repeat`` paired runs, with the
+spread. The runs of one repeat go one after the other (order reversed every other repeat), so other
+processes on a shared machine do not add to a peak.
 
-    python benchmarks/layerwise_memory.py            # ~134M parameters, 3 steps, a few minutes
+    python benchmarks/layerwise_memory.py            # ~134M parameters, 3 steps, 3 repeats: ~5 minutes
     python benchmarks/layerwise_memory.py --quick    # tiny model, checks the script works
 """
 
@@ -30,7 +34,12 @@ CONFIG = {"vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048, "n
           "num_attention_heads": 12, "num_key_value_heads": 12}
 QUICK_CONFIG = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                 "num_attention_heads": 4, "num_key_value_heads": 2}
-RUNS = (("stock", "adamw_torch"), ("ours", "adamw_torch"), ("ours_layerwise", "adamw_torch_layerwise"))
+RUNS = (("stock", "adamw_torch"), ("ours", "adamw_torch"), ("ours_layerwise", "adamw_torch_layerwise"),
+        ("ours", "galore_adamw"), ("ours_layerwise", "galore_adamw_layerwise"))
+#: (whole-model run, its layer-wise twin): the pairs whose difference is the saving.
+PAIRS = ((("ours", "adamw_torch"), ("ours_layerwise", "adamw_torch_layerwise")),
+         (("ours", "galore_adamw"), ("ours_layerwise", "galore_adamw_layerwise")))
+TARGET_MODULES = ["self_attn", "mlp"]
 
 
 def _rss_bytes() -> int:
@@ -38,35 +47,60 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def worker(side: str, name: str, config: dict[str, Any], steps: int, seq_len: int, batch: int) -> dict[str, Any]:
-    """One training run in this (fresh) process; returns its memory figures."""
+def worker(side: str, name: str, config: dict[str, Any], steps: int, seq_len: int, batch: int,
+           trim_mib: float | None = None) -> dict[str, Any]:
+    """One training run in this (fresh) process; returns its memory figures and its CPU time per step."""
     import contextlib
     import io
     import resource
+    import statistics
     import tempfile
+    import time
 
     import torch
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import optim_registry
+    import optim_registry.layerwise
     from optim_registry.testing import TokenDataset
+
+    if trim_mib is not None:  # --trim-every-mib: the engine's hand-back of freed gradient memory (0: off)
+        optim_registry.layerwise.TRIM_EVERY_BYTES = int(trim_mib * 2**20) or None
+
+    class StepClock(transformers.TrainerCallback):
+        """CPU seconds of each training step (process time: less sensitive to other processes than wall time)."""
+
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, *args: Any, **kwargs: Any) -> None:
+            self._start = time.process_time()
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            self.seconds.append(time.process_time() - self._start)
+
+    clock = StepClock()
 
     cfg = LlamaConfig(**config, max_position_embeddings=max(128, seq_len), tie_word_embeddings=False, use_cache=False)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in trainable)
+    grad_bytes = [p.numel() * p.element_size() for p in trainable]
     dataset = TokenDataset(n=batch * steps, seq_len=seq_len, vocab_size=config["vocab_size"])
     with tempfile.TemporaryDirectory() as tmp:
         kwargs = dict(output_dir=tmp, optim=name, max_steps=steps, per_device_train_batch_size=batch,
                       learning_rate=1e-4, max_grad_norm=0.0, save_strategy="no", logging_strategy="no",
                       report_to=[], use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+        if name.startswith("galore"):
+            kwargs["optim_target_modules"] = TARGET_MODULES
         if side == "stock":
             trainer: Any = transformers.Trainer(model=model, args=transformers.TrainingArguments(**kwargs),
-                                                train_dataset=dataset)
+                                                train_dataset=dataset, callbacks=[clock])
         else:
             trainer = optim_registry.OptimTrainer(model=model, args=optim_registry.TrainingArguments(**kwargs),
-                                                  train_dataset=dataset)
+                                                  train_dataset=dataset, callbacks=[clock])
         rss_before = _rss_bytes()
         peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         with C.Timer() as t, contextlib.redirect_stdout(io.StringIO()), C.quiet():
@@ -76,12 +110,17 @@ def worker(side: str, name: str, config: dict[str, Any], steps: int, seq_len: in
         "side": side, "optim": name, "params": n_params, "optimizer": type(trainer.optimizer).__name__,
         "rss_before_train_bytes": rss_before, "peak_before_train_bytes": peak_before, "peak_rss_bytes": peak,
         "train_seconds": t.seconds, "training_loss": float(out.training_loss),
+        # The first step builds the optimizer state: left out.
+        "step_cpu_ms": statistics.median(clock.seconds[1:] or clock.seconds) * 1e3,
+        # Layer-wise stepping frees every gradient as soon as it is used: all but the largest can be saved.
+        "gradient_bytes": sum(grad_bytes), "saveable_bytes": sum(grad_bytes) - max(grad_bytes),
     }
 
 
-def spawn(side: str, name: str, config: dict[str, Any], steps: int, seq_len: int, batch: int) -> subprocess.Popen:
+def spawn(side: str, name: str, config: dict[str, Any], steps: int, seq_len: int, batch: int,
+          trim_mib: float | None = None) -> subprocess.Popen:
     spec = json.dumps({"side": side, "name": name, "config": config, "steps": steps, "seq_len": seq_len,
-                       "batch": batch})
+                       "batch": batch, "trim_mib": trim_mib})
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(C.REPO), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.Popen([sys.executable, __file__, "--worker", spec], stdout=subprocess.PIPE,
@@ -110,7 +149,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--worker":
         job = json.loads(sys.argv[2])
-        result = worker(job["side"], job["name"], job["config"], job["steps"], job["seq_len"], job["batch"])
+        result = worker(job["side"], job["name"], job["config"], job["steps"], job["seq_len"], job["batch"],
+                        job.get("trim_mib"))
         print("@@RESULT@@" + json.dumps(result), flush=True)
         return result
 
@@ -118,34 +158,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=3, help="training steps per run")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeat", type=int, default=1, help="fresh processes per run (median peak reported)")
+    p.add_argument("--repeat", type=int, default=3, help="fresh processes per run (median peak reported)")
     p.add_argument("--parallel", action="store_true",
-                   help="run the three processes at once (peak RSS is per process; uses more RAM at once)")
+                   help="run the processes of a repeat at once (peak RSS is per process; uses more RAM at once)")
+    p.add_argument("--names", default=None,
+                   help="only the runs of these optim names, comma-separated (default: all five runs)")
+    p.add_argument("--trim-every-mib", type=float, default=None,
+                   help="set optim_registry.layerwise.TRIM_EVERY_BYTES in every run (0: never hand freed gradient "
+                        "memory back; default: the engine's own setting), to measure what the hand-back costs")
     a = p.parse_args(argv)
+    runs = [run for run in RUNS if a.names is None or run[1] in {n.strip() for n in a.names.split(",")}]
+    if not runs:
+        p.error(f"--names {a.names!r} selects none of {sorted({name for _, name in RUNS})}")
     config = dict(CONFIG)
     if a.quick:
-        config, a.steps, a.seq_len, a.batch, a.parallel = dict(QUICK_CONFIG), 2, 16, 2, True
+        config, a.steps, a.seq_len, a.batch, a.parallel, a.repeat = dict(QUICK_CONFIG), 2, 16, 2, True, 1
     before = C.machine()
 
-    samples: dict[str, list[dict[str, Any]]] = {side: [] for side, _ in RUNS}
+    samples: dict[tuple[str, str], list[dict[str, Any]]] = {run: [] for run in runs}
     for rep in range(a.repeat):
-        order = RUNS if rep % 2 == 0 else RUNS[::-1]
+        order = runs if rep % 2 == 0 else runs[::-1]
         if a.parallel:
-            procs = {side: spawn(side, name, config, a.steps, a.seq_len, a.batch) for side, name in order}
-            for side, proc in procs.items():
-                samples[side].append(collect(proc, side))
+            procs = {run: spawn(*run, config, a.steps, a.seq_len, a.batch, a.trim_every_mib) for run in order}
+            for run, proc in procs.items():
+                samples[run].append(collect(proc, run[0]))
         else:
-            for side, name in order:
-                samples[side].append(collect(spawn(side, name, config, a.steps, a.seq_len, a.batch), side))
-                last = samples[side][-1]
-                print(f"{side}: peak RSS {last['peak_rss_bytes'] / 2**20:.0f} MiB" if "peak_rss_bytes" in last
-                      else f"{side}: {last.get('error')}", flush=True)
-    results = {side: median_run(runs) for side, runs in samples.items()}
+            for run in order:
+                samples[run].append(collect(spawn(*run, config, a.steps, a.seq_len, a.batch, a.trim_every_mib),
+                                            run[0]))
+                last = samples[run][-1]
+                print(f"{run[0]} {run[1]}: peak RSS {last['peak_rss_bytes'] / 2**20:.0f} MiB"
+                      if "peak_rss_bytes" in last else f"{run[0]} {run[1]}: {last.get('error')}", flush=True)
+    results = {run: median_run(runs) for run, runs in samples.items()}
 
     mib = 2**20
     rows = []
-    for side, name in RUNS:
-        r = results[side]
+    for side, name in runs:
+        r = results[(side, name)]
         row: dict[str, Any] = {"run": side, "optim": name, "error": r.get("error")}
         if r.get("stderr_tail"):
             row["stderr_tail"] = r["stderr_tail"]
@@ -158,23 +207,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rss_before_train_mib=r["rss_before_train_bytes"] / mib,
                 train_increment_mib=(r["peak_rss_bytes"] - r["rss_before_train_bytes"]) / mib,
                 train_seconds=r["train_seconds"],
+                step_cpu_ms=r["step_cpu_ms"],
                 training_loss=r["training_loss"],
                 peak_rss_samples_mib=[b / mib for b in r["peak_rss_samples_bytes"]],
+                gradient_mib=r["gradient_bytes"] / mib,
+                saveable_mib=r["saveable_bytes"] / mib,
             )
         rows.append(row)
-    by = {r["run"]: r for r in rows}
+    by = {(r["run"], r["optim"]): r for r in rows}
 
-    def rat(a_: str, b_: str, key: str) -> float | None:
-        return C.ratio(by[a_].get(key), by[b_].get(key))
+    def rat(a_: tuple[str, str], b_: tuple[str, str], key: str) -> float | None:
+        return C.ratio(by.get(a_, {}).get(key), by.get(b_, {}).get(key))
 
     params = next((r["params"] for r in rows if r.get("params")), None)
+    pairs = []
+    for whole, layerwise in PAIRS:
+        if whole not in samples or layerwise not in samples:
+            continue
+        # Paired by repeat (the two ran back to back), so a busy minute shifts both.
+        saved = [(w["peak_rss_bytes"] - lw["peak_rss_bytes"]) / mib
+                 for w, lw in zip(samples[whole], samples[layerwise], strict=True)
+                 if "peak_rss_bytes" in w and "peak_rss_bytes" in lw]
+        saveable = by[whole].get("saveable_mib")
+        median_saved = C.median(saved) if saved else None
+        pairs.append({
+            "whole": whole[1], "layerwise": layerwise[1], "saveable_mib": saveable,
+            "saved_mib": median_saved, "saved_mib_samples": saved,
+            "saved_fraction": C.ratio(median_saved, saveable),
+            "layerwise_over_whole_peak": rat(layerwise, whole, "peak_rss_mib"),
+            "layerwise_over_whole_increment": rat(layerwise, whole, "train_increment_mib"),
+        })
     summary = {
-        "layerwise_over_whole_peak": rat("ours_layerwise", "ours", "peak_rss_mib"),
-        "layerwise_over_whole_increment": rat("ours_layerwise", "ours", "train_increment_mib"),
-        "ours_over_stock_peak": rat("ours", "stock", "peak_rss_mib"),
-        "saved_mib": (by["ours"].get("peak_rss_mib") or 0) - (by["ours_layerwise"].get("peak_rss_mib") or 0)
-        if by["ours"].get("peak_rss_mib") and by["ours_layerwise"].get("peak_rss_mib") else None,
-        "expected_saving_mib": params * 4 / mib if params else None,
+        "pairs": pairs,
+        "ours_over_stock_peak": rat(("ours", "adamw_torch"), ("stock", "adamw_torch"), "peak_rss_mib"),
+        "gradient_mib": next((r["gradient_mib"] for r in rows if r.get("gradient_mib")), None),
     }
     print(C.table(rows, [
         ("run", "run", ""),
@@ -183,18 +249,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("rss_before_train_mib", "RSS before train MiB", ".0f"),
         ("train_increment_mib", "training adds MiB", ".0f"),
         ("train_seconds", "train s", ".1f"),
+        ("step_cpu_ms", "CPU ms/step", ".0f"),
         ("error", "error", ""),
     ]))
     print()
-    print(f"layer-wise / whole-model peak RSS: {C.fmt(summary['layerwise_over_whole_peak'], '.3f')} "
-          f"(saved {C.fmt(summary['saved_mib'], '.0f')} MiB; fp32 gradients of the model: "
-          f"{C.fmt(summary['expected_saving_mib'], '.0f')} MiB); OptimTrainer / Trainer (adamw_torch): "
-          f"{C.fmt(summary['ours_over_stock_peak'], '.3f')}")
+    for pair in pairs:
+        spread = pair["saved_mib_samples"]
+        print(f"{pair['layerwise']}: saved / could be saved {C.fmt(pair['saved_mib'], '.0f')} / "
+              f"{C.fmt(pair['saveable_mib'], '.0f')} MiB = {C.fmt(pair['saved_fraction'], '.0%')} "
+              f"(median of {len(spread)}, saved {min(spread, default=0):.0f} to {max(spread, default=0):.0f} MiB); "
+              f"peak RSS {C.fmt(pair['layerwise_over_whole_peak'], '.3f')} x {pair['whole']}'s")
+    print(f"fp32 gradients of the model: {C.fmt(summary['gradient_mib'], '.0f')} MiB, all but the largest can be "
+          f"saved; OptimTrainer / Trainer (adamw_torch) peak RSS: {C.fmt(summary['ours_over_stock_peak'], '.3f')}"
+          + ("" if a.trim_every_mib is None else f"; TRIM_EVERY_BYTES set to {a.trim_every_mib:g} MiB (0: off)"))
     notes = [f"{params:,} parameters, {a.steps} steps, batch {a.batch} x {a.seq_len} tokens, fp32, one fresh process "
-             f"per run, {a.repeat} run(s) each (median peak)" if params else "no run succeeded"]
+             f"per run, {a.repeat} run(s) each (median peak; saved = paired difference per repeat, median)"
+             if params else "no run succeeded"]
     return C.finish(
         "layerwise_memory", a.out, machine_before=before, rows=rows, notes=notes, summary=summary, timing=False,
-        settings={"config": config, "repeat": a.repeat, "steps": a.steps, "seq_len": a.seq_len, "batch": a.batch, "parallel": a.parallel,
+        settings={"config": config, "repeat": a.repeat, "steps": a.steps, "seq_len": a.seq_len, "batch": a.batch,
+                  "parallel": a.parallel, "names": [name for _, name in runs], "trim_every_mib": a.trim_every_mib,
                   "quick": a.quick},
     )
 

@@ -3,7 +3,7 @@
 glibc keeps freed chunks below its mmap threshold resident in its heap; a gradient freed between two
 optimizer states leaves such a hole, and on a 134M-parameter Llama those holes cost ~150-250 MiB of peak RSS
 (benchmarks/layerwise_memory.py measures the saving). The engine calls ``malloc_trim`` once per
-``TRIM_EVERY_BYTES`` of gradients freed in backward.
+``TRIM_EVERY_BYTES`` of CPU gradients freed in backward.
 """
 
 from __future__ import annotations
