@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     from zero_worker import launch, one_process_record
 
-    import optim_registry.optimizers.muon as muon_module
+    import optim_registry.families.beyond.muon as muon_module
     from optim_registry import deps
     from optim_registry.registry import optimizers
 

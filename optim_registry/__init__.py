@@ -32,7 +32,7 @@ _LAZY = {
     "BuildContext": "build",
     "MissingDependencyError": "deps",
     "PluginError": "plugins",
-    "LayerwiseOptimizer": "layerwise",
+    "LayerwiseOptimizer": "engines.layerwise.engine",
 }
 
 __all__ = sorted([*_LAZY, "OptimizerNames", "__version__"])

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import deps, zero
+from . import deps
 from .distributed import FSDP2, check_support
+from .engines import zero
+from .engines.zero import ZERO_KINDS
 from .labels import ParamTable, label_parameters
 from .optim_args import shorten
 from .param_groups import DEFAULT_MATRIX_EXCLUDE, build_groups, routes, split_matrix_groups
@@ -22,7 +24,6 @@ from .plan import Plan, plan_of
 from .registry import load_builder, optimizers, qualname
 from .runnable import check_here, on_cpu
 from .spec import OptimizerSpec, is_factory, plain_name
-from .zero import ZERO_KINDS
 
 
 @dataclass(frozen=True)
@@ -214,13 +215,13 @@ def resolve(
         # A builder that left the groups to the Trainer would drop the rules: hand it the composed ones.
         kwargs = {**kwargs, "params": ctx.groups}
     if spec.layerwise:
-        from .layerwise import layerwise_factory
+        from .engines.layerwise.engine import layerwise_factory
 
         cls, kwargs = layerwise_factory(ctx, cls, kwargs)
     elif fsdp2 and spec.distributed.fsdp2_math == "owner":
         cls = owner_stepped(spec, cls)
     elif fsdp2 and spec.protocol == "train_eval" and not is_factory(cls):
-        from .sharded import train_mode_init_class
+        from .engines.fsdp2 import train_mode_init_class
 
         cls = train_mode_init_class(cls)  # accelerate's FSDP2 resume steps a fresh one, still in eval mode
     if kind in ZERO_KINDS and zero.needs_stepping(spec, kind):
@@ -253,7 +254,7 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
     """
     if model is None or not hasattr(model, "named_parameters"):
         return False
-    from .sharded import fsdp2_parameters, layout_of
+    from .engines.fsdp2 import fsdp2_parameters, layout_of
 
     sharded = fsdp2_parameters(model)
     if not sharded:
@@ -281,7 +282,7 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
 
 
 def zero_stepped(spec: OptimizerSpec, cls: Any, kind: str) -> Any:
-    """``cls`` with ``optim_registry.zero.ZeroStepped`` in front, for ZeRO-3 steps and the train/eval protocol."""
+    """``cls`` with ``optim_registry.engines.zero.ZeroStepped`` in front, for ZeRO-3 steps and the train/eval protocol."""
     if is_factory(cls):
         raise ValueError(
             f"optim={spec.name!r} is built by a factory, which cannot be stepped under DeepSpeed ZeRO stage "
@@ -291,13 +292,13 @@ def zero_stepped(spec: OptimizerSpec, cls: Any, kind: str) -> Any:
 
 
 def owner_stepped(spec: OptimizerSpec, cls: Any) -> Any:
-    """``cls`` run on whole tensors, each on one owner rank (``optim_registry.sharded.OwnerStepped``)."""
+    """``cls`` run on whole tensors, each on one owner rank (``optim_registry.engines.fsdp2.OwnerStepped``)."""
     if is_factory(cls):
         raise ValueError(
             f"optim={spec.name!r} is built by a factory from the model, which cannot be given whole-tensor "
             f"copies under {FSDP2.detail}; train it unsharded or choose another optimizer."
         )
-    from .sharded import owner_stepped_class
+    from .engines.fsdp2 import owner_stepped_class
 
     return owner_stepped_class(cls)
 
@@ -417,8 +418,8 @@ def create_scheduler(args: Any, optimizer: Any, num_training_steps: int, *, warm
     themselves). The kwargs were typed once, with the arguments' plan; here they are checked against the
     run (its length, the optimizer's rate) and the scheduler is built.
     """
-    from .builtin.schedulers import reference_lr
     from .schedulers import _metric_driven_types, _start_from, check_scheduler_kwargs
+    from .schedules.records import reference_lr
     from .spec import RunFacts
 
     plan = plan_of(args)

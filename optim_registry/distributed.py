@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .engines.zero import FSDP2_WAY, ZERO_KINDS
 from .optim_args import shorten
 from .spec import OptimizerSpec
-from .zero import FSDP2_WAY, ZERO_KINDS
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def detect_backend(args: Any) -> Backend:
         version = config.get("fsdp_version", config.get("version", 2)) if isinstance(config, dict) else 2
         orig = config.get("use_orig_params", True) if isinstance(config, dict) else True
         if str(version) == "2":
-            # fully_shard: DTensor parameters that keep their global shapes (see optim_registry.sharded).
+            # fully_shard: DTensor parameters that keep their global shapes (see optim_registry.engines.fsdp2).
             return FSDP2
         return Backend("fsdp", "FSDP1" + ("" if orig else " (flattened parameters)"))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)

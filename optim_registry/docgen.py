@@ -537,7 +537,7 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         + "; ".join(f"`{k}` = {v}" for k, v in zero_runs.MATH.items() if k != "local") + ".",
         "",
         "Every `*_layerwise` name: DDP as its whole-model name (each parameter is stepped from DDP's "
-        "communication hook once its gradient bucket is averaged; `optim_registry.layerwise_ddp`), no sharded "
+        "communication hook once its gradient bucket is averaged; `optim_registry.engines.layerwise.ddp`), no sharded "
         f"back-end ({_LAYERWISE_DISTRIBUTED}).",
         "",
     ]

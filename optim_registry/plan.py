@@ -30,8 +30,9 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
-from . import zero
 from .distributed import Backend, check_distributed, deepspeed_config, detect_backend
+from .engines import zero
+from .engines.zero import ZERO_KINDS
 from .optim_args import check_range, coerce, parse_options, shorten
 from .registry import load_builder, optimizers
 from .schedulers import check_scheduler_kwargs, schedulers, type_scheduler_kwargs
@@ -46,7 +47,6 @@ from .spec import (
     option_table,
     plain_name,
 )
-from .zero import ZERO_KINDS
 
 
 class IgnoredTargetModulesWarning(UserWarning):

@@ -161,7 +161,7 @@ class Distributed:
     ``torch.distributed.fsdp.fully_shard`` with DTensor parameters, and ``fsdp2_math`` says how the
     update runs there: ``"local"`` on each rank's rows as they are (elementwise updates),
     ``"owner"`` the library's own step on whole tensors, each on one owner rank
-    (``optim_registry.sharded.OwnerStepped``; exact for any optimizer that updates each parameter from
+    (``optim_registry.engines.fsdp2.OwnerStepped``; exact for any optimizer that updates each parameter from
     its own gradient and state), ``"native"`` the optimizer shards its whole-matrix math itself.
 
     ``fsdp2_checkpoint`` says whether its FSDP2 state goes through ``torch.distributed.checkpoint``'s
@@ -169,7 +169,7 @@ class Distributed:
     changing training and resumes exactly on any number of ranks (``True``), or why not (a resume on
     another rank count is then refused with a ``ValueError``).
 
-    ``zero_math`` says how a supported ZeRO stage runs it (``optim_registry.zero``): ``"local"`` the
+    ``zero_math`` says how a supported ZeRO stage runs it (``optim_registry.engines.zero``): ``"local"`` the
     library's own step on ZeRO's flat fp32 partitions (elementwise updates), ``"views"`` the library's own step
     on per-tensor views of those partitions, each view with its whole tensor's decisions (state quantised in
     blocks of each tensor: bitsandbytes 8-bit, torchao, FlashOptim; ``zero.ZeroViews``), ``"deepspeed_muon"``

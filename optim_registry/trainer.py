@@ -18,9 +18,10 @@ import transformers
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames as HFOptimizerNames
 
-from . import build, zero
+from . import build
 from .checkpoints import CheckpointMixin, unwrap_optimizer
 from .distributed import check_distributed
+from .engines import zero
 from .plan import check_scheduler_args
 from .registry import optimizers
 from .runnable import check_training_args
@@ -272,7 +273,7 @@ class OptimRegistryMixin(CheckpointMixin):
 
     # -- protocols --------------------------------------------------------------------------------
     def _install_protocols(self, optimizer: Any) -> None:
-        from .layerwise import LayerwiseOptimizer
+        from .engines.layerwise.engine import LayerwiseOptimizer
 
         if isinstance(optimizer, LayerwiseOptimizer):
             owner = weakref.ref(self)
@@ -313,7 +314,7 @@ class OptimRegistryMixin(CheckpointMixin):
         the stock training step's loss and its backward is ``accelerator.backward``; it is wrapped for the
         duration of this one training step.
         """
-        from .layerwise import LayerwiseOptimizer
+        from .engines.layerwise.engine import LayerwiseOptimizer
 
         inner = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
         if not (isinstance(inner, LayerwiseOptimizer) and inner.clips_globally):
@@ -327,7 +328,7 @@ class OptimRegistryMixin(CheckpointMixin):
         return True
 
     def _clip_grad_norm(self, model: Any) -> Any:
-        from .layerwise import LayerwiseOptimizer
+        from .engines.layerwise.engine import LayerwiseOptimizer
 
         inner = unwrap_optimizer(self.optimizer)
         # Layer-wise gradients are gone by now (stepped in backward, clipped there if asked): report the
@@ -337,7 +338,7 @@ class OptimRegistryMixin(CheckpointMixin):
         return super()._clip_grad_norm(model)
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
-        from .layerwise import LayerwiseOptimizer
+        from .engines.layerwise.engine import LayerwiseOptimizer
 
         inner = unwrap_optimizer(self.optimizer)
         # Optimizers that update inside backward leave no .grad behind: they report the norm.
@@ -384,7 +385,7 @@ def attach_layerwise_ddp(optimizer: Any, model: Any) -> bool:
     """
     from torch.nn.parallel import DistributedDataParallel
 
-    from .layerwise import LayerwiseOptimizer
+    from .engines.layerwise.engine import LayerwiseOptimizer
 
     inner = unwrap_optimizer(optimizer) if optimizer is not None else None
     if not isinstance(inner, LayerwiseOptimizer) or not isinstance(model, DistributedDataParallel):

@@ -206,7 +206,7 @@ def test_layerwise_and_lomo_refuse_fsdp2_up_front():
 def test_owner_assignment_balances_by_global_size():
     import torch
 
-    from optim_registry.sharded import Layout, assign_owners
+    from optim_registry.engines.fsdp2 import Layout, assign_owners
 
     shapes = [(64, 16), (16, 16), (16, 16), (32, 16), (32, 16), (16,)]
     layouts = [Layout(torch.Size(s), (0, 0), None, 0) for s in shapes]

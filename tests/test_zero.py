@@ -228,7 +228,7 @@ def test_an_offloaded_optimizer_is_the_one_asked_for(zero_runs, one_process, sta
 
 
 def test_a_split_tensor_is_cut_at_its_own_block_boundaries():
-    from optim_registry.zero import Piece, split_piece
+    from optim_registry.engines.zero import Piece, split_piece
 
     def cut(start, length, numel=8320):
         return split_piece(Piece(0, length, start, numel, None), 256)
@@ -312,7 +312,8 @@ def test_muon_refusals_name_the_conflict_and_the_way_out(zero_runs):
 
 
 def test_muon_rules_deepspeed_cannot_follow_are_refused_when_built():
-    from optim_registry import build, zero
+    from optim_registry import build
+    from optim_registry.engines import zero
     from optim_registry.testing import arguments, tiny_model
 
     model = tiny_model()

@@ -48,7 +48,7 @@ def family_records() -> list[OptimizerSpec]:
     """Every hand-written (or, for pytorch_optimizer, generated) record of every family module."""
     records: list[OptimizerSpec] = []
     for family in FAMILIES:
-        module = importlib.import_module(f"{__name__}.{family}")
+        module = importlib.import_module(f"optim_registry.families.{family}.records")
         records.extend(getattr(module, "RECORDS", ()))
         extra = getattr(module, "generated_records", None)
         if extra is not None:
