@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import deps
-from .distributed import FSDP2, check_support
+from .distributed import FSDP2, check_support, fsdp2_verdict
 from .engines import zero
 from .engines.zero import ZERO_KINDS
 from .labels import ParamTable, label_parameters
@@ -250,7 +250,8 @@ def checked_result(spec: OptimizerSpec, builder: Any, result: Any) -> tuple[Any,
 def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
     """Whether ``model`` is sharded by FSDP2; ``ValueError`` naming FSDP2 if ``spec`` cannot train it.
 
-    Decided from the record (``distributed.fsdp2``) and the parameters' layout, before anything is built.
+    Decided from the record (``distributed.fsdp2_verdict``: its ``distributed.fsdp2``, and whether the owner-rank
+    path reaches its math) and the parameters' layout, before anything is built.
     """
     if model is None or not hasattr(model, "named_parameters"):
         return False
@@ -259,7 +260,7 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
     sharded = fsdp2_parameters(model)
     if not sharded:
         return False
-    check_support(spec, FSDP2)
+    check_support(fsdp2_verdict(spec), FSDP2)
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -273,11 +274,6 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
             layout_of(param, f"parameter {name!r}")
         except ValueError as exc:
             raise ValueError(f"optim={spec.name!r} under FSDP2: {exc}") from None
-    if spec.distributed.fsdp2_math == "owner" and spec.protocol != "step":
-        raise ValueError(
-            f"optim={spec.name!r} follows the {spec.protocol!r} protocol, which changes the weights outside "
-            f"step(); its whole-tensor copies under {FSDP2.detail} would miss that. Choose another optimizer."
-        )
     return True
 
 

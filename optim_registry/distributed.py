@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +124,23 @@ def check_support(spec: OptimizerSpec, backend: Backend) -> None:
             "See `optim-registry show " + spec.name + "` for what it supports, or choose another optimizer "
             "(docs/distributed.md)."
         )
+
+
+def fsdp2_verdict(spec: OptimizerSpec) -> OptimizerSpec:
+    """The record, with FSDP2 refused where the owner-rank path cannot reach the optimizer's math.
+
+    That path hands the library whole-tensor copies through its param groups: an optimizer built from the model
+    itself, or one that moves the weights outside ``step()``, would act on the wrong tensors. The one decision:
+    the built-in records carry it (listings, docs) and the build asks it of any record (plugins too).
+    """
+    d = spec.distributed
+    if d.fsdp2 is not True or d.fsdp2_math != "owner":
+        return spec
+    why = None
+    if spec.protocol == "fused_backward":
+        why = "the weights change inside backward, before FSDP2 has reduced the gradients"
+    elif spec.protocol != "step":
+        why = f"the {spec.protocol!r} protocol moves the weights outside step()"
+    elif spec.needs_model:
+        why = "built from the model rather than its param groups, so it cannot be given whole-tensor copies"
+    return spec if why is None else spec.variant(distributed=replace(d, fsdp2=why))

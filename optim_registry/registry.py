@@ -289,7 +289,7 @@ class Registry(Generic[S]):
 
 # -- the optimizer names --------------------------------------------------------------------------------
 def _builtin_optimizers() -> list[OptimizerSpec]:
-    from .builtin import all_records
+    from .families import all_records
 
     return all_records()
 

@@ -56,7 +56,7 @@ def test_resolving_a_name_imports_only_that_family():
 
 
 def test_builtin_tables_are_sorted():
-    from optim_registry.builtin import FAMILIES
+    from optim_registry.families import FAMILIES
 
     root = Path(optim_registry.__file__).parent / "families"
     for family in FAMILIES:

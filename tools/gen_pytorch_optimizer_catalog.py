@@ -70,7 +70,7 @@ def survey_one(name: str) -> dict[str, Any]:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from optim_registry.builtin import layerwise_variant
+    from optim_registry.engines.layerwise.twins import layerwise_variant
     from optim_registry.families.pytorch_optimizer.catalog import CATALOG
     from optim_registry.families.pytorch_optimizer.records import PREFIX, record
     from optim_registry.registry import register_optimizer

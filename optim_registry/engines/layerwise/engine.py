@@ -726,8 +726,8 @@ def build_layerwise(
 
 def layerwise_factory(ctx: BuildContext, cls: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """``(LayerwiseFactory, kwargs)`` wrapping ``cls`` so each parameter gets its own optimizer."""
-    from ...plan import has_global_clip
     from ...spec import is_factory
+    from .twins import has_global_clip
 
     if is_factory(cls):
         raise ValueError(f"optim={ctx.spec.name!r}: {cls!r} is a factory and cannot be made layer-wise")

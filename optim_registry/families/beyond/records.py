@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ...builtin.checks import positive_lr
 from ...spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, MatrixRouting, OptimizerSpec, Requirement, opt
+
+#: The family page's title and first paragraph (docs/optimizers/beyond.md, `optim-registry show`).
+TITLE = "Beyond Adam: Muon, Dion, CAME, ADOPT"
+ABOUT = (
+    "Newer optimizers, some with their own parameter split (Muon: 2-D hidden matrices on Muon, the "
+    "rest on AdamW)."
+)
+
+
+# Cross-field checks (the records' ``checks``): every value in, None or what is wrong and how to fix it out.
+def positive_lr(values: Mapping[str, Any]) -> str | None:
+    """For optimizers that cannot take a zero rate (CAME asserts lr > 0)."""
+    lr = values.get("lr")
+    if lr is not None and not lr > 0:
+        return f"needs a learning rate > 0 (got lr={lr}); set learning_rate (or optim_args lr) above 0"
+    return None
+
 
 _ALL_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 

@@ -8,8 +8,50 @@ and the 8-bit names keep ``nn.Embedding`` state in 32 bits (``embedding_32bit``)
 
 from __future__ import annotations
 
-from ...builtin.checks import ademamix_betas, bnb_rmsprop
+from collections.abc import Mapping
+from typing import Any
+
 from ...spec import AT_LEAST_ONE, NONNEG, UNIT, Distributed, OptimizerSpec, Requirement, opt
+
+#: The family page's title and first paragraph (docs/optimizers/bitsandbytes.md, `optim-registry show`).
+TITLE = "bitsandbytes: 8-bit, paged and 32-bit optimizers"
+ABOUT = (
+    "Block-wise quantised optimizer state from bitsandbytes. 8-bit names keep `nn.Embedding` state in "
+    "32 bits, as transformers does. All run on CPU with bitsandbytes 0.50; paged names fall back to "
+    "non-paged memory there."
+)
+
+
+# Cross-field checks (the records' ``checks``): every value in, None or what is wrong and how to fix it out.
+def ademamix_betas(values: Mapping[str, Any]) -> str | None:
+    """AdEMAMix: ``betas`` and ``beta1/beta2/beta3`` are two ways to set the same numbers."""
+    given = getattr(values, "given", frozenset())
+    if "betas" not in given:
+        return None
+    betas = values.get("betas") or ()
+    clash = [k for k in ("beta1", "beta2", "beta3") if k in given and (k != "beta3" or len(betas) == 3)]
+    if clash:
+        return (
+            f"optim_args sets betas={tuple(betas)} and also {', '.join(clash)}: give either betas or "
+            "beta1/beta2/beta3"
+        )
+    return None
+
+
+def bnb_rmsprop(values: Mapping[str, Any]) -> str | None:
+    """What bitsandbytes' RMSprop kernels silently ignore or reject."""
+    if values.get("centered"):
+        return (
+            "bitsandbytes has no centred RMSprop (centered=true). Drop centered, or use optim='rmsprop' "
+            "(torch.optim.RMSprop) for the centred variant."
+        )
+    if values.get("momentum", 0.0) != 0.0:
+        return (
+            f"bitsandbytes' RMSprop kernels ignore momentum (momentum={values['momentum']} would have no effect). "
+            "Drop momentum, or use optim='rmsprop' (torch.optim.RMSprop) for momentum."
+        )
+    return None
+
 
 _REQUIRES = (Requirement("bitsandbytes", "bitsandbytes", "0.45.0", extra="bnb"),)
 _FAMILY = "bitsandbytes"

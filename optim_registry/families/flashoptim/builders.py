@@ -35,7 +35,7 @@ def _cpu_kwargs(ctx: BuildContext) -> dict[str, Any]:
 
 
 def build(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """``(Flash* class, kwargs)`` after the device policy: see ``builtin/flashoptim.py``."""
+    """``(Flash* class, kwargs)`` after the device policy: see ``records.py``."""
     kwargs = dict(ctx.kwargs)
     if ctx.on_cpu:
         kwargs.update(_cpu_kwargs(ctx))

@@ -7,8 +7,12 @@ switch to it silently: a CPU run is refused unless ``optim_args="quantize=false"
 
 from __future__ import annotations
 
-from ...builtin.checks import nesterov_needs_momentum
 from ...spec import UNIT, Distributed, OptimizerSpec, Requirement, opt
+from ..torch.records import nesterov_needs_momentum  # FlashSGD takes torch SGD's momentum options
+
+#: The family page's title and first paragraph (docs/optimizers/flashoptim.md, `optim-registry show`).
+TITLE = "flashoptim"
+ABOUT = "flashoptim's optimizers; on CPU only in their unquantised, unfused form."
 
 _REQ = (Requirement("flashoptim", "flashoptim", "0.1.4", extra="flashoptim"),)
 _BUILDER = "optim_registry.families.flashoptim.builders:build"

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from ...spec import NONNEG, POSITIVE, Distributed, OptimizerSpec, Requirement, opt
 
+#: The family page's title and first paragraph (docs/optimizers/lomo.md, `optim-registry show`).
+TITLE = "LOMO and AdaLomo: updates fused into backward"
+ABOUT = (
+    "The weights change inside backward, so gradients are never stored for the whole model. "
+    "No gradient accumulation; built with the model."
+)
+
 _REQUIRES = (Requirement("lomo-optim", "lomo_optim", "0.1.1", "lomo"),)
 _CLIP_VALUE = opt(
     "clip_grad_value", "float", None,

@@ -10,8 +10,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...builtin.checks import channel_scale_needs_std
 from ...spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, Requirement, opt
+
+#: The family page's title and first paragraph (docs/optimizers/low_rank.md, `optim-registry show`).
+TITLE = "Low-rank projection: GaLore and APOLLO"
+ABOUT = (
+    "Gradients of the `optim_target_modules` Linear weights are projected to a low rank, so the "
+    "optimizer state of those weights is small. They need `optim_target_modules` "
+    "([target_modules.md](../target_modules.md))."
+)
+
+
+# Cross-field checks (the records' ``checks``): every value in, None or what is wrong and how to fix it out.
+def channel_scale_needs_std(values: Mapping[str, Any]) -> str | None:
+    """APOLLO's channel-wise scaling scales rows or columns of the std-side projection only."""
+    if values.get("scale_type") == "channel" and values.get("proj_type") != "std":
+        return (
+            "scale_type=channel scales each row or column of the gradient and needs proj_type=std "
+            f"(got proj_type={values.get('proj_type')}); use scale_type=tensor for other projection sides"
+        )
+    return None
 
 
 def _group_size(values: Mapping[str, Any]) -> str | None:

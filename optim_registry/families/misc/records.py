@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from ...spec import NONNEG, OptimizerSpec, Requirement, opt
 
+#: The family page's title and first paragraph (docs/optimizers/misc.md, `optim-registry show`).
+TITLE = "Other optimizers"
+ABOUT = "Optimizers that fit no other family."
+
 _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 #: _UNTESTED: the three accelerator / unpublished-package names get no ``_layerwise`` twin: their packages
 #: cannot be installed where the registry is tested (XLA's lazy tensors in particular), so a twin would

@@ -1,13 +1,20 @@
 """torch-optimi (``import optimi``): low-precision-friendly optimizers with Kahan summation.
 
 Every class takes ``lr`` (required), stores ``beta1`` / ``beta2`` in its groups and picks Triton
-kernels by itself; the builder (``families/optimi.py``) passes the TrainingArguments betas as the
+kernels by itself; the builder (``builders.py``) passes the TrainingArguments betas as the
 ``betas`` tuple each constructor takes and turns Triton off for CPU parameters.
 """
 
 from __future__ import annotations
 
 from ...spec import AT_LEAST_ONE, POSITIVE, UNIT, OptimizerSpec, Requirement, opt
+
+#: The family page's title and first paragraph (docs/optimizers/optimi.md, `optim-registry show`).
+TITLE = "torch-optimi"
+ABOUT = (
+    "Optimizers from torch-optimi with Kahan summation and fully decoupled weight decay; run on CPU "
+    "with `triton=False`, which the registry sets for CPU parameters."
+)
 
 _REQ = (Requirement("torch-optimi", "optimi", "0.3.0", extra="optimi"),)
 _BUILDER = "optim_registry.families.optimi.builders:build"

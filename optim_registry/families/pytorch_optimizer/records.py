@@ -1,6 +1,6 @@
 """Every optimizer of pytorch_optimizer's registry as ``po_<name>``, and all the registry knows about the library.
 
-Hand-curated here: which builder (families/pytorch_optimizer.py) each name the generic path cannot build needs, notes,
+Hand-curated here: which builder (builders.py) each name the generic path cannot build needs, notes,
 training-protocol and sharding limits, the names without a layer-wise twin, and the introspection (``describe``)
 that types a class's options, used by the generator and by ``current`` when another library version is installed.
 
@@ -24,12 +24,21 @@ from typing import Any
 from ...signature import catalog_option, docstring_args, with_guessed_range
 from ...spec import Distributed, MatrixRouting, OptimizerSpec, Option, Requirement
 
+#: The family page's title and first paragraph (docs/optimizers/pytorch_optimizer.md, `optim-registry show`).
+TITLE = "pytorch_optimizer (`po_*` names)"
+ABOUT = (
+    "The optimizers of the pytorch_optimizer library that pass the registry's conformance harness, "
+    "under `po_<name>`. Their options are typed from the version the shipped catalogue was generated from; "
+    "with another version installed, a name's options are read from the installed class when the name is "
+    "resolved, and a `CatalogueVersionWarning` says so once."
+)
+
 PREFIX = "po_"
 FAMILY = "pytorch_optimizer"
 REQUIRES = (Requirement("pytorch-optimizer", "pytorch_optimizer", "4.1", extra="pytorch-optimizer"),)
 _BUILDERS = "optim_registry.families.pytorch_optimizer.builders"
 
-#: Names the generic path cannot build, and the builder that can (see families/pytorch_optimizer.py).
+#: Names the generic path cannot build, and the builder that can (see builders.py).
 BUILDERS = {
     "a2grad": "lr_in_groups",
     "adammini": "adam_mini",
@@ -226,7 +235,7 @@ def record(
 
 
 def generated_records() -> list[OptimizerSpec]:
-    """One record per catalogue name, sorted; ``_layerwise`` twins are derived by ``builtin.all_records``."""
+    """One record per catalogue name, sorted; ``_layerwise`` twins are derived by ``families.all_records``."""
     from .catalog import CATALOG, LAYERWISE, SHARDING, STATUS
 
     return [

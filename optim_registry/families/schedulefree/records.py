@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from ...spec import NONNEG, Distributed, OptimizerSpec, Requirement, opt
 
+#: The family page's title and first paragraph (docs/optimizers/schedulefree.md, `optim-registry show`).
+TITLE = "Schedule-free optimizers"
+ABOUT = (
+    "No decaying schedule needed: the optimizer averages its iterates. It must be switched to "
+    "`eval()` before evaluating and saving; `OptimTrainer` does that."
+)
+
 _REQUIRES = (Requirement("schedulefree", "schedulefree", "1.4", "schedulefree"),)
 _BUILDER = "optim_registry.families.schedulefree.builders:schedule_free"
 #: Elementwise updates, and train()/eval() move the real weights: run on each rank's rows as they are.

@@ -2,8 +2,41 @@
 
 from __future__ import annotations
 
-from ...builtin.checks import nesterov_needs_momentum, one_implementation, warmup_needs_relative_step
+from collections.abc import Mapping
+from typing import Any
+
 from ...spec import NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, opt
+
+#: The family page's title and first paragraph (docs/optimizers/torch.md, `optim-registry show`).
+TITLE = "PyTorch and transformers built-ins"
+ABOUT = "Optimizers that ship with torch (and transformers' Adafactor). Nothing to install."
+
+
+# Cross-field checks (the records' ``checks``): every value in, None or what is wrong and how to fix it out.
+def one_implementation(values: Mapping[str, Any]) -> str | None:
+    """torch refuses ``foreach`` and ``fused`` together (a RuntimeError at construction)."""
+    if values.get("foreach") and values.get("fused"):
+        return (
+            "foreach=true and fused=true cannot be used together (torch runs one implementation); keep one, "
+            "or leave both unset and torch chooses"
+        )
+    return None
+
+
+def nesterov_needs_momentum(values: Mapping[str, Any]) -> str | None:
+    if values.get("nesterov") and (not values.get("momentum") or values.get("dampening")):
+        return (
+            f"nesterov=true needs momentum > 0 and dampening = 0 (got momentum={values.get('momentum')}, "
+            f"dampening={values.get('dampening')}); set e.g. momentum=0.9, or drop nesterov"
+        )
+    return None
+
+
+def warmup_needs_relative_step(values: Mapping[str, Any]) -> str | None:
+    if values.get("warmup_init") and not values.get("relative_step"):
+        return "warmup_init=true warms up the relative step size, so it needs relative_step=true as well"
+    return None
+
 
 _ADAM_HP = frozenset({"lr", "betas", "eps", "weight_decay"})
 _COMMON = (

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from ...spec import AT_LEAST_ONE, Distributed, OptimizerSpec, Requirement, opt
 
+#: The family page's title and first paragraph (docs/optimizers/torchao.md, `optim-registry show`).
+TITLE = "torchao low-bit optimizers"
+ABOUT = "4-bit, 8-bit and FP8 AdamW state from torchao."
+
 _REQUIRES = (Requirement("torchao", "torchao", "0.11.0", extra="torchao"),)
 _FAMILY = "torchao"
 _SHIMS = "optim_registry.families.torchao.builders"
