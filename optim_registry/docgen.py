@@ -192,35 +192,36 @@ def distributed_summary(spec: OptimizerSpec) -> list[str]:
 
 def zero_evidence(spec: OptimizerSpec) -> str:
     """How ``spec`` runs under DeepSpeed ZeRO and whether that combination was trained here."""
-    from .builtin.zero_runs import MATH, MEASURED, REASONED, REASONED_BY_FAMILY, RUN, RUN_NOTES
+    from .engines.evidence import ZERO_PATHS, ZERO_REASONED
 
-    math = spec.distributed.zero_math
-    how = MATH[math]
-    if spec.name in RUN:
-        measured = ", ".join(f"ZeRO-{n} {MEASURED[n][spec.name]:.2g}" for n in sorted(MEASURED))
-        note = f"; {RUN_NOTES[spec.name]}" if spec.name in RUN_NOTES else ""
+    d = spec.distributed
+    how = ZERO_PATHS[d.zero_math]
+    run = d.zero_run
+    if run is not None and run.measured is not None:
+        measured = ", ".join(f"ZeRO-{n} {value:.2g}" for n, value in enumerate(run.measured, 1))
+        note = f"; {run.note}" if run.note else ""
         return f"{how}; run here (2 processes; largest difference to one process after 3 steps: {measured}{note})"
-    return f"{how}; {REASONED_BY_FAMILY.get((math, spec.family)) or REASONED[math]}"
+    return f"{how}; {d.zero_reasoned or ZERO_REASONED[d.zero_math]}"
 
 
 def fsdp2_evidence(spec: OptimizerSpec) -> str:
     """How ``spec`` runs under FSDP2 and whether that combination was trained here."""
-    from .builtin.fsdp2_runs import MATH, REASONED, RUN
+    from .engines.evidence import FSDP2_PATHS, FSDP2_REASONED
 
-    how = MATH[spec.distributed.fsdp2_math]
-    if spec.name in RUN:
+    how = FSDP2_PATHS[spec.distributed.fsdp2_math]
+    if spec.distributed.fsdp2_run is not None:
         return f"{how}; run here (2 processes, exact vs one process)"
-    return f"{how}; {REASONED[spec.distributed.fsdp2_math]}"
+    return f"{how}; {FSDP2_REASONED[spec.distributed.fsdp2_math]}"
 
 
 def fsdp2_checkpoint_evidence(spec: OptimizerSpec) -> str:
     """Whether ``spec``'s FSDP2 checkpoints resume on any number of ranks, and whether that was run here."""
-    from .builtin.fsdp2_runs import CHECKPOINT_REASONED, CHECKPOINT_RUN, RUN
+    from .engines.evidence import CHECKPOINT_REASONED, CHECKPOINT_RUN
 
     verdict = spec.distributed.fsdp2_checkpoint
     if verdict is not True:
         return f"no ({verdict}): a resume on another number of ranks is refused"
-    if spec.name in RUN:
+    if spec.distributed.fsdp2_run is not None:
         return f"any number of ranks; {CHECKPOINT_RUN}"
     return f"any number of ranks; {CHECKPOINT_REASONED[spec.distributed.fsdp2_math]}"
 
@@ -447,7 +448,7 @@ def render_index(by_family: dict[str, list[OptimizerSpec]], all_names: set[str])
 
 def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
     """The support matrix: one row per whole-model record, reasons as numbered footnotes."""
-    from .builtin import fsdp2_runs, zero_runs
+    from .engines import evidence
 
     reasons: dict[str, int] = {}
     rows = []
@@ -458,10 +459,10 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         support = distributed_support(s)
         for key, value in support.items():
             if value is True and key == "fsdp2":
-                cells.append(f"{'RUN' if s.name in fsdp2_runs.RUN else 'yes'} ({s.distributed.fsdp2_math})")
+                cells.append(f"{'RUN' if s.distributed.fsdp2_run else 'yes'} ({s.distributed.fsdp2_math})")
             elif value is True and key.startswith("zero") and s.distributed.zero_math != "local":
-                cells.append(f"{'RUN' if s.name in zero_runs.RUN else 'yes'} ({s.distributed.zero_math})")
-            elif value is True and key.startswith("zero") and s.name in zero_runs.RUN:
+                cells.append(f"{'RUN' if s.distributed.zero_run else 'yes'} ({s.distributed.zero_math})")
+            elif value is True and key.startswith("zero") and s.distributed.zero_run:
                 cells.append("RUN")
             elif value is True:
                 cells.append("yes")
@@ -472,7 +473,7 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         if support["fsdp2"] is not True:
             cells.append("—")
         elif checkpoint is True:
-            cells.append("RUN" if s.name in fsdp2_runs.RUN else "yes")
+            cells.append("RUN" if s.distributed.fsdp2_run else "yes")
         else:
             cells.append(f"no [{reasons.setdefault(str(checkpoint), len(reasons) + 1)}]")
         rows.append((f"`{s.name}`", s.family, *cells))
@@ -483,20 +484,20 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         "FSDP2 cells: **RUN** = trained here under FSDP2 (2 CPU processes, gloo, torchrun; `tests/test_fsdp2.py`) "
         "and equal to one process on the same batch; **yes** = supported, not run here, reasoned from how it "
         "runs. In brackets, how it runs: "
-        + "; ".join(f"`{k}` = {v}" for k, v in fsdp2_runs.MATH.items()) + ".",
+        + "; ".join(f"`{k}` = {v}" for k, v in evidence.FSDP2_PATHS.items()) + ".",
         "",
         "FSDP2 checkpoint cells (the record's `distributed.fsdp2_checkpoint`): **RUN** = "
-        + fsdp2_runs.CHECKPOINT_RUN
+        + evidence.CHECKPOINT_RUN
         + " (`tests/test_fsdp2_checkpoints.py`); **yes** = resumes on any number of ranks, reasoned: "
         + "; ".join(f"`{k}`: {v.removeprefix('not run here; reasoned: ')}"
-                    for k, v in fsdp2_runs.CHECKPOINT_REASONED.items())
+                    for k, v in evidence.CHECKPOINT_REASONED.items())
         + "; **no** = resumes only on the rank count that saved it (another is refused); — = no FSDP2.",
         "",
         "ZeRO cells: **RUN** = trained here under that stage through `OptimTrainer` (2 CPU processes, gloo, "
         "torchrun; `tests/test_zero.py`) against one process on the same batches; **yes** = supported, not run "
         "here, reasoned from how it runs. Without brackets the library's own step runs on ZeRO's flat "
         "partitions (elementwise: equal to one process); in brackets: "
-        + "; ".join(f"`{k}` = {v}" for k, v in zero_runs.MATH.items() if k != "local") + ".",
+        + "; ".join(f"`{k}` = {v}" for k, v in evidence.ZERO_PATHS.items() if k != "local") + ".",
         "",
         "Every `*_layerwise` name: DDP as its whole-model name (each parameter is stepped from DDP's "
         "communication hook once its gradient bucket is averaged; `optim_registry.engines.layerwise.ddp`), no sharded "

@@ -154,6 +154,21 @@ ZERO_MATH = frozenset({"local", "views", "deepspeed_muon"})
 
 
 @dataclass(frozen=True)
+class Run:
+    """A distributed run of a name done here: the evidence behind a record's claim (``Distributed.fsdp2_run`` /
+    ``zero_run``).
+
+    ``optim_args`` is what the run trained with (``None``: the defaults). For ZeRO, ``measured`` is the largest
+    weight difference to one process on the same batches after 3 steps under ZeRO-1, 2 and 3, and ``note`` says
+    what the figure means where the plain number would mislead.
+    """
+
+    optim_args: str | None = None
+    measured: tuple[float, float, float] | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Distributed:
     """Which distributed back-ends a record supports (``True``, ``False`` or a reason string).
 
@@ -174,6 +189,11 @@ class Distributed:
     on per-tensor views of those partitions, each view with its whole tensor's decisions (state quantised in
     blocks of each tensor: bitsandbytes 8-bit, torchao, FlashOptim; ``zero.ZeroViews``), ``"deepspeed_muon"``
     DeepSpeed's own Muon (``deepspeed.runtime.zero.muon``), given the registry's groups and routing.
+
+    The evidence sits beside the claims: ``fsdp2_run`` / ``zero_run`` is the run done here (``tests/test_fsdp2.py``
+    and ``tests/test_fsdp2_checkpoints.py`` train and checkpoint every ``fsdp2_run``, ``tests/test_zero.py`` every
+    ``zero_run`` under each stage); a supported path without one is trusted by the reasoning of its path
+    (``engines.evidence``), or by ``zero_reasoned`` where this record's reasoning differs from its path's.
     """
 
     ddp: bool | str = True
@@ -185,12 +205,21 @@ class Distributed:
     fsdp2_math: str = "owner"
     fsdp2_checkpoint: bool | str = True
     zero_math: str = "local"
+    fsdp2_run: Run | None = None
+    zero_run: Run | None = None
+    zero_reasoned: str | None = None
 
     def __post_init__(self) -> None:
         if self.fsdp2_math not in FSDP2_MATH:
             raise ValueError(f"fsdp2_math={self.fsdp2_math!r} is not one of {sorted(FSDP2_MATH)}")
         if self.zero_math not in ZERO_MATH:
             raise ValueError(f"zero_math={self.zero_math!r} is not one of {sorted(ZERO_MATH)}")
+        if self.fsdp2_run is not None and self.fsdp2 is not True:
+            raise ValueError(f"an FSDP2 run is recorded, but FSDP2 is refused: {self.fsdp2!r}")
+        if self.zero_run is not None:
+            refused = [stage for stage in ("zero1", "zero2", "zero3") if getattr(self, stage) is not True]
+            if refused or self.zero_run.measured is None or len(self.zero_run.measured) != 3:
+                raise ValueError("a ZeRO run is recorded for every stage: all three supported, one figure each")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """Every built-in optimizer family, one folder each: where an ``optim=`` name comes from.
 
 ``families/<family>/records.py`` holds the family's records (data only, sorted by name; importing it imports no
-torch and no optimizer package: listing reads it) and its page's ``TITLE`` and ``ABOUT``. The code the records name by dotted path
-(builders, post-construction hooks, subclasses, the family's own implementation) lives in the same folder and is
-imported only when a name is resolved. ``FAMILIES`` is the one list of families; the registry and docgen read it.
+torch and no optimizer package: listing reads it), its page's ``TITLE`` and ``ABOUT``, its cross-field checks and
+the evidence behind its distributed claims (``Distributed.fsdp2_run`` / ``zero_run``, beside the claims). The code
+the records name by dotted path (builders, post-construction hooks, subclasses, the family's own implementation)
+lives in the same folder and is imported only when a name is resolved. ``FAMILIES`` is the one list of families;
+the registry and docgen read it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,12 @@ ABOUT = "flashoptim's optimizers; on CPU only in their unquantised, unfused form
 _REQ = (Requirement("flashoptim", "flashoptim", "0.1.4", extra="flashoptim"),)
 _BUILDER = "optim_registry.families.flashoptim.builders:build"
 #: int8 state quantised in groups of each tensor: under ZeRO stepped on per-tensor views of the flat partitions.
-_DISTRIBUTED = Distributed(zero_math="views")
+_DISTRIBUTED = Distributed(
+    zero_math="views",
+    zero_reasoned="the CPU path (quantize=false, no quantised state) run by benchmarks/zero_agreement.py: 7.5e-9 "
+    "(ZeRO-2), 7.7e-7 (ZeRO-3) from one process; the quantised path needs CUDA and was not run: reasoned (its int8 "
+    "groups of 32 are cut at tensor boundaries as bitsandbytes' blocks of 256 are)",
+)
 
 _CPU_POLICY = (
     " CUDA runs get the quantised, fused path with 24-bit master weights for bf16/fp16 weights "

@@ -8,9 +8,10 @@ subclasses in ``optim_registry.families.low_rank.optimizers`` (exact resume thro
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from ...spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, Requirement, opt
+from ...spec import AT_LEAST_ONE, NONNEG, POSITIVE, UNIT, Distributed, OptimizerSpec, Requirement, Run, opt
 
 #: The family page's title and first paragraph (docs/optimizers/low_rank.md, `optim-registry show`).
 TITLE = "Low-rank projection: GaLore and APOLLO"
@@ -74,6 +75,8 @@ _LOW_RANK_DISTRIBUTED = Distributed(
     zero2="projects each weight's 2-D gradient; ZeRO hands the optimizer flattened partitions (use FSDP2)",
     zero3="projects each weight's 2-D gradient; ZeRO-3 shards the parameters (use FSDP2)",
 )
+#: Run under FSDP2 here with a rank and a refresh gap the tiny test model exercises.
+_RUN_UNDER_FSDP2 = replace(_LOW_RANK_DISTRIBUTED, fsdp2_run=Run("rank=4,update_proj_gap=2"))
 _RESUME = ("projector objects saved as tensors and plain values (matrix, rank, gap, scale, type, random seed) and "
            "rebuilt on load; loads with weights_only=True; exact, also across a projection refresh")
 
@@ -105,7 +108,7 @@ _APOLLO_RECORD = OptimizerSpec(
     target_modules=True,
     target_options=frozenset({"rank", "update_proj_gap", "scale", "proj_type", "proj", "scale_type"}),
     paper="arXiv:2412.05270",
-    distributed=_LOW_RANK_DISTRIBUTED,
+    distributed=_RUN_UNDER_FSDP2,
     resume=_RESUME,
     demo_options=_TINY,
 )
@@ -115,6 +118,7 @@ RECORDS = (
     _APOLLO_RECORD.variant(
         name="apollo_mini",
         demo_options={"update_proj_gap": 50},  # rank 1 already
+        distributed=replace(_LOW_RANK_DISTRIBUTED, fsdp2_run=Run("update_proj_gap=2")),
         description="APOLLO-Mini (apollo_torch): APOLLO with a rank-1 random projection and one scaling factor "
         "per tensor (scale 128), for SGD-like memory. Same options as apollo_adamw, other defaults.",
         options=tuple(
@@ -153,7 +157,7 @@ RECORDS = (
         target_modules=True,
         target_options=_GALORE_KEYS,
         paper="arXiv:2403.03507",
-        distributed=_LOW_RANK_DISTRIBUTED,
+        distributed=_RUN_UNDER_FSDP2,
         resume=_RESUME + "; fp32 moments of bf16 weights stay fp32",
     ),
     OptimizerSpec(
@@ -170,7 +174,7 @@ RECORDS = (
         target_modules=True,
         target_options=_GALORE_KEYS,
         paper="arXiv:2403.03507",
-        distributed=_LOW_RANK_DISTRIBUTED,
+        distributed=_RUN_UNDER_FSDP2,
         resume=_RESUME,
     ),
     OptimizerSpec(

@@ -22,7 +22,7 @@ import warnings
 from typing import Any
 
 from ...signature import catalog_option, docstring_args, with_guessed_range
-from ...spec import Distributed, MatrixRouting, OptimizerSpec, Option, Requirement
+from ...spec import Distributed, MatrixRouting, OptimizerSpec, Option, Requirement, Run
 
 #: The family page's title and first paragraph (docs/optimizers/pytorch_optimizer.md, `optim-registry show`).
 TITLE = "pytorch_optimizer (`po_*` names)"
@@ -187,10 +187,17 @@ def _options(entry: dict[str, Any], key: str = "options") -> tuple[Option, ...]:
     return tuple(out)
 
 
-def _distributed(sharding: str | None) -> Distributed:
+#: Names trained and checkpointed under FSDP2 here (``Distributed.fsdp2_run``), with the ``optim_args`` of the run.
+FSDP2_RUNS = {
+    "adamw": Run(),
+    "madgrad": Run(),  # keeps a step count in state, keyed by no parameter (checkpointed in the first group)
+}
+
+
+def _distributed(sharding: str | None, fsdp2_run: Run | None = None) -> Distributed:
     """DDP runs the whole step on every rank; sharded back-ends only suit an elementwise update."""
     if sharding == "ok":
-        return Distributed()
+        return Distributed(fsdp2_run=fsdp2_run)
     why = sharding or "not measured under sharded optimizer state"
     # FSDP2 runs each whole tensor on one owner rank, which is exact for per-parameter updates; these
     # names were not audited for sums over all parameters (global norms, D-Adaptation / Prodigy
@@ -228,7 +235,7 @@ def record(
         protocol=PROTOCOL.get(name, "step"),
         unsupported=None if status == "ok" else status,
         paper=entry["paper"],
-        distributed=_distributed(sharding),
+        distributed=_distributed(sharding, FSDP2_RUNS.get(name)),
         **fields,
         refresh=f"{__name__}:current",
     )
