@@ -361,47 +361,27 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-12 + 1e-9 * max(abs(a), abs(b))
 
 
-def adapter(spec: OptimizerSpec) -> Callable[[Any], None] | None:
-    """The record's post-construction fix (``spec.adapt``), imported."""
-    adapt = spec.adapt
-    return deps.import_object(adapt) if isinstance(adapt, str) else adapt
+def _hook(hook: Any) -> Callable[..., None] | None:
+    """A record's hook (``adapt`` / ``adapt_model``), imported when it is a dotted path."""
+    return deps.import_object(hook) if isinstance(hook, str) else hook
 
 
 def finalize(optimizer: Any, spec: OptimizerSpec, model: Any) -> None:
-    """After construction, before the first step: the record's fix, 32-bit state for embeddings, provenance."""
-    adapt = adapter(spec)
-    if adapt is not None and not spec.layerwise:  # layer-wise: each inner optimizer is adapted when built
+    """After construction, before the first step: the record's hooks, then provenance.
+
+    ``adapt`` gets the optimizer (a layer-wise one's inner optimizers got it when they were built); ``adapt_model``
+    gets the optimizer and the model, once (bitsandbytes' 32-bit state for ``nn.Embedding`` weights).
+    """
+    adapt = _hook(spec.adapt)
+    if adapt is not None and not spec.layerwise:
         adapt(optimizer)
-    if spec.embedding_32bit and model is not None:
-        keep_embeddings_32bit(model)
+    adapt_model = _hook(spec.adapt_model)
+    if adapt_model is not None and model is not None:
+        adapt_model(optimizer, model)
     try:
         optimizer.optim_registry_name = spec.name
     except AttributeError:  # pragma: no cover - optimizers with __slots__
         pass
-
-
-def keep_embeddings_32bit(model: Any) -> int:
-    """Tell bitsandbytes to keep ``nn.Embedding`` state in 32 bits; returns the parameters covered.
-
-    Once per module: transformers' ``Trainer.create_optimizer`` registers the same override itself for any
-    class whose name contains "bitsandbytes" built with ``optim_bits=8``, and bitsandbytes' list only grows.
-    """
-    import bitsandbytes
-    from torch import nn
-
-    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
-    registered = {
-        id(module)
-        for module, param, config in manager.module_weight_config_triple
-        if param == "weight" and config == {"optim_bits": 32}
-    }
-    covered = 0
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            if id(module) not in registered:
-                manager.register_module_override(module, "weight", {"optim_bits": 32})
-            covered += module.weight.numel()
-    return covered
 
 
 # ------------------------------------------------------------------------------------------ the scheduler

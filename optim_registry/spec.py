@@ -284,6 +284,10 @@ class OptimizerSpec:
     #: ``"module:function"`` called with the built optimizer (and each layer-wise inner optimizer) before
     #: its first step: fixes carried as optimizer hooks, so ``target`` can stay the library's own class.
     adapt: str | Callable[[Any], None] | None = None
+    #: ``"module:function"`` called once with ``(optimizer, model)`` after the build, before the first step: what
+    #: a library keeps per model rather than in the optimizer (bitsandbytes' 32-bit state for ``nn.Embedding``
+    #: weights, which ``embedding_32bit`` declares).
+    adapt_model: str | Callable[[Any, Any], None] | None = None
     needs_model: bool = False
     #: Uses ``optim_target_modules``: the matched Linear weights get ``target_options`` in their group.
     target_modules: bool = False
@@ -300,7 +304,7 @@ class OptimizerSpec:
     unsupported: str | None = None
     #: The optimizer warms the rate up itself (schedule-free): the Trainer's schedule gets no warm-up.
     owns_warmup: bool = False
-    #: Keep ``nn.Embedding`` state in 32 bits (8-bit bitsandbytes optimizers).
+    #: ``nn.Embedding`` state is kept in 32 bits (8-bit bitsandbytes optimizers; their ``adapt_model`` does it).
     embedding_32bit: bool = False
     #: Optimizer-state bytes per fp32 parameter, measured (see benchmarks/state_memory.py).
     state_bytes: float | None = None

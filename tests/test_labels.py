@@ -27,7 +27,7 @@ TEXT_MODULES = {
 }
 #: Modules (besides labels.py) that walk a model's parameters or modules, and why that selects nothing by name.
 WALKERS = {
-    "build.py": "bitsandbytes' 32-bit override registered per nn.Embedding module (by type)",
+    "families/bitsandbytes/builders.py": "bitsandbytes' 32-bit override registered per nn.Embedding module (by type)",
     "families/lomo/optimizers.py": "LOMO keys its own state by parameter name, for every trainable parameter",
     "engines/fsdp2.py": "FSDP2's DTensor parameters, by type",
     "testing.py": "the harness compares every parameter before and after training",

@@ -702,7 +702,7 @@ class _Bitsandbytes(_Library):
 def _take_bnb_overrides(optimizer: Any, params: list[Any]) -> dict[int, dict[str, Any]]:
     """``id(param) -> override`` for the model's parameters, taken off bitsandbytes' process-wide lists.
 
-    The registry registers 32-bit state for each ``nn.Embedding`` there (``build.keep_embeddings_32bit``), keyed by
+    The registry registers 32-bit state for each ``nn.Embedding`` there (``families.bitsandbytes.builders.keep_embeddings_32bit``), keyed by
     module; bitsandbytes would look for those parameters among the optimizer's, which under ZeRO holds none.
     """
     from bitsandbytes.optim import GlobalOptimManager

@@ -1,10 +1,11 @@
-"""Builders and the post-construction fix for the bitsandbytes records (the library is imported only inside
+"""Builders and the post-construction hooks of the bitsandbytes records (the library is imported only inside
 functions).
 
 The records point at bitsandbytes' own classes (``bitsandbytes.optim.AdamW``, ``AdEMAMix``, ``Lion``,
-``RMSprop``), exactly what transformers returns for these names. One thing is fixed after construction
-(`adopt`, run by ``build.finalize`` and for each layer-wise inner optimizer): where config overrides (the
-32-bit state kept for ``nn.Embedding``) are looked up. bitsandbytes keeps them in a process-global
+``RMSprop``), exactly what transformers returns for these names. The 8-bit names keep ``nn.Embedding`` state in
+32 bits as transformers does (`keep_embeddings_32bit`, their ``adapt_model``, run once by ``build.finalize``). One
+thing is fixed after construction (`adopt`, run by ``build.finalize`` and for each layer-wise inner optimizer):
+where those config overrides are looked up. bitsandbytes keeps them in a process-global
 manager keyed by ``(group index, parameter index)``, so an override found for one optimizer applies to
 whatever parameter sits at that position in every later optimizer of the process: with a layer-wise
 optimizer (one inner optimizer per parameter, all at ``(0, 0)``) every parameter ended up with 32-bit
@@ -60,6 +61,33 @@ def adopt(optimizer: Any) -> None:
     """Install the per-optimizer override lookup on a bitsandbytes optimizer (idempotent)."""
     if getattr(optimizer, _ADOPTED, None) is None:
         setattr(optimizer, _ADOPTED, optimizer.register_step_pre_hook(_before_first_step))
+
+
+def keep_embeddings_32bit(optimizer: Any, model: Any) -> int:
+    """Tell bitsandbytes to keep ``nn.Embedding`` state in 32 bits (the 8-bit records' ``adapt_model``); returns the
+    parameters covered.
+
+    Once per module: transformers' ``Trainer.create_optimizer`` registers the same override itself for any
+    class whose name contains "bitsandbytes" built with ``optim_bits=8``, and bitsandbytes' list only grows.
+    Registered process-wide, keyed by module: each optimizer takes its own entries off that list before its first
+    step (``adopt``), as the FSDP2 and ZeRO engines do for the copies and views they step.
+    """
+    import bitsandbytes
+    from torch import nn
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    registered = {
+        id(module)
+        for module, param, config in manager.module_weight_config_triple
+        if param == "weight" and config == {"optim_bits": 32}
+    }
+    covered = 0
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            if id(module) not in registered:
+                manager.register_module_override(module, "weight", {"optim_bits": 32})
+            covered += module.weight.numel()
+    return covered
 
 
 class OwnOverrides:

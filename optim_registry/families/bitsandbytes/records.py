@@ -60,6 +60,8 @@ _SHIMS = "optim_registry.families.bitsandbytes.builders"
 #: transformers returns bitsandbytes' own classes for these names; so do we. The override fix is a hook.
 _LIB = "bitsandbytes.optim"
 _ADOPT = f"{_SHIMS}:adopt"
+#: 8-bit names: ``nn.Embedding`` state in 32 bits, as transformers does (``embedding_32bit``).
+_EMBEDDINGS_32BIT = f"{_SHIMS}:keep_embeddings_32bit"
 
 _MIN_8BIT = opt(
     "min_8bit_size", "int", 4096, "parameters with fewer elements keep 32-bit state (bitsandbytes' threshold)",
@@ -112,6 +114,7 @@ def _adamw(name: str, bits: int, paged: bool, alias_of: str = "", **runs: Run) -
         distributed=_distributed(bits, **runs),
         fixed={"optim_bits": bits, "is_paged": paged},
         embedding_32bit=bits == 8,
+        adapt_model=_EMBEDDINGS_32BIT if bits == 8 else None,
         state_bytes=2.03 if bits == 8 else 8.0,
         paper="arXiv:2110.02861" if bits == 8 else "arXiv:1711.05101",
     )
@@ -137,6 +140,7 @@ def _ademamix(name: str, bits: int, paged: bool) -> OptimizerSpec:
         num_betas=(2, 3),
         checks=(ademamix_betas,),
         embedding_32bit=bits == 8,
+        adapt_model=_EMBEDDINGS_32BIT if bits == 8 else None,
         state_bytes=3.05 if bits == 8 else 12.0,
         paper="arXiv:2409.03137",
     )
@@ -157,6 +161,7 @@ def _lion(name: str, bits: int, paged: bool, **runs: Run) -> OptimizerSpec:
         distributed=_distributed(bits, **runs),
         fixed={"optim_bits": bits, "is_paged": paged},
         embedding_32bit=bits == 8,
+        adapt_model=_EMBEDDINGS_32BIT if bits == 8 else None,
         state_bytes=1.02 if bits == 8 else 4.0,
         paper="arXiv:2302.06675",
     )
@@ -176,6 +181,7 @@ def _rmsprop(name: str, bits: int) -> OptimizerSpec:
         fixed={"optim_bits": bits},
         checks=(bnb_rmsprop,),
         embedding_32bit=bits == 8,
+        adapt_model=_EMBEDDINGS_32BIT if bits == 8 else None,
         state_bytes=1.02 if bits == 8 else 4.0,
         paper="Hinton, Coursera lecture 6e",
     )

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ...build import BuildContext
-from ..bitsandbytes.builders import OwnOverrides
+from ..bitsandbytes import builders as bitsandbytes_family
 
 #: Projector classes a checkpoint may name; nothing else is ever imported from a state dict.
 _PROJECTORS = frozenset({
@@ -157,7 +157,7 @@ def _sync(p: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-class LowRank8bitMixin(OwnOverrides):
+class LowRank8bitMixin(bitsandbytes_family.OwnOverrides):
     """GaLore's 8-bit AdamW step over bitsandbytes' ``Optimizer2State``, without CUDA-only calls.
 
     Config overrides (32-bit embedding state) apply to this optimizer's own parameters only
@@ -236,6 +236,12 @@ class LowRank8bitMixin(OwnOverrides):
         weight.add_(state["projector"].project_back(update).to(weight.dtype))
         if weight_decay > 0.0:
             weight.add_(weight, alpha=-group["lr"] * weight_decay)
+
+
+def keep_embeddings_32bit(optimizer: Any, model: Any) -> int:
+    """The 8-bit records' ``adapt_model``: their classes are bitsandbytes optimizers, whose ``nn.Embedding`` state
+    stays 32-bit as with bitsandbytes' own 8-bit names."""
+    return bitsandbytes_family.keep_embeddings_32bit(optimizer, model)
 
 
 # ------------------------------------------------------------------------------------ classes (lazy)

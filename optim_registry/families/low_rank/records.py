@@ -77,6 +77,8 @@ _LOW_RANK_DISTRIBUTED = Distributed(
 )
 #: Run under FSDP2 here with a rank and a refresh gap the tiny test model exercises.
 _RUN_UNDER_FSDP2 = replace(_LOW_RANK_DISTRIBUTED, fsdp2_run=Run("rank=4,update_proj_gap=2"))
+#: The 8-bit classes are bitsandbytes optimizers: ``nn.Embedding`` state in 32 bits, as its own 8-bit names keep it.
+_EMBEDDINGS_32BIT = "optim_registry.families.low_rank.optimizers:keep_embeddings_32bit"
 _RESUME = ("projector objects saved as tensors and plain values (matrix, rank, gap, scale, type, random seed) and "
            "rebuilt on load; loads with weights_only=True; exact, also across a projection refresh")
 
@@ -190,6 +192,7 @@ RECORDS = (
         target_modules=True,
         target_options=_GALORE_KEYS,
         embedding_32bit=True,
+        adapt_model=_EMBEDDINGS_32BIT,
         paper="arXiv:2403.03507",
         distributed=_LOW_RANK_DISTRIBUTED,
         resume=_RESUME + "; 8-bit state and quantisation maps as bitsandbytes saves them",
@@ -229,6 +232,7 @@ RECORDS = (
             "cos_threshold", "gamma_proj", "queue_size",
         }),
         embedding_32bit=True,
+        adapt_model=_EMBEDDINGS_32BIT,
         paper="arXiv:2407.08296",
         distributed=_LOW_RANK_DISTRIBUTED,
         resume=_RESUME + "; also the adaptive gap and the cosine queue",
