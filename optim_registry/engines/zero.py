@@ -770,8 +770,10 @@ class _TorchaoBuffers:
         if view is None:
             return super()._new_buffer(p, signed)  # type: ignore[misc]
         block = view.block
+        from torchao.optim import Adam4bit, AdamW4bit
+
         # 4-bit codes pack two elements a byte: a partial block of odd length keeps 32-bit state
-        packed = type(self).__name__.endswith("4bit") and block % 2
+        packed = isinstance(self, (Adam4bit, AdamW4bit)) and block % 2
         if not view.quantised or p.numel() % block or packed:
             return torch.zeros_like(p)
         return self._subclass_zeros(p, signed, block)  # type: ignore[attr-defined]
