@@ -136,17 +136,17 @@ def compose_groups(ctx: BuildContext) -> list[dict[str, Any]]:
 
 
 def routing_policy(spec: OptimizerSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """How ``spec.routing`` sends parameters, from the record's routing options (their defaults where it has none)."""
-    declared = spec.option_map
+    """How ``spec.routing`` sends parameters, from the options its routing names (the defaults where it names none)."""
+    routing = spec.routing
 
-    def option(name: str, default: Any) -> Any:
-        return options[name] if name in declared else default
+    def option(name: str | None, default: Any) -> Any:
+        return default if name is None else options[name]
 
     return {
-        "exclude": option("exclude", DEFAULT_MATRIX_EXCLUDE),
-        "lora_to_adamw": bool(option("lora_to_adamw", True)),
-        "experts": bool(spec.routing and spec.routing.experts) and bool(option("expert_matrices", True)),
-        "router_to_adamw": bool(option("router_to_adamw", True)),
+        "exclude": option(routing.exclude_option, DEFAULT_MATRIX_EXCLUDE),
+        "lora_to_adamw": bool(option(routing.lora_option, True)),
+        "experts": routing.experts and bool(option(routing.experts_option, True)),
+        "router_to_adamw": bool(option(routing.router_option, True)),
     }
 
 

@@ -118,18 +118,19 @@ def routing_text(spec: OptimizerSpec) -> str:
         return ""
     matrix_lr = f"`{routing.lr_option}`" if routing.lr_option else "the learning rate"
     other_lr = f"`{routing.other_lr_option}`" if routing.other_lr_option else "the learning rate"
-    options = spec.option_map
     parts = [f"Routing (`{routing.flag}`): hidden 2-D weights -> matrix side at {matrix_lr}"]
     if routing.experts:
+        steer = f" (`{routing.experts_option}`)" if routing.experts_option else ""
         parts.append("3-D MoE expert stacks (`experts.gate_up_proj`, `experts.down_proj`) -> matrix side, one "
-                     "matrix per expert (`expert_matrices`)")
+                     f"matrix per expert{steer}")
     else:
         parts.append("3-D tensors (MoE expert stacks included) -> AdamW")
-    lora = "`lora_to_adamw`" if "lora_to_adamw" in options else "always"
+    lora = f"`{routing.lora_option}`" if routing.lora_option else "always"
     parts.append(f"LoRA factors (`lora_A`, `lora_B`) -> AdamW ({lora})")
-    router = "`router_to_adamw`" if "router_to_adamw" in options else "always"
+    router = f"`{routing.router_option}`" if routing.router_option else "always"
     parts.append(f"MoE routers (`mlp.gate`, beside the experts) -> AdamW ({router})")
-    exclude = "names matching `exclude`" if "exclude" in options else "names like embed/lm_head/wte/wpe/output"
+    exclude = (f"names matching `{routing.exclude_option}`" if routing.exclude_option
+               else "names like embed/lm_head/wte/wpe/output")
     parts.append(f"nn.Embedding weights, the input/output embedding and {exclude} -> AdamW")
     parts.append(f"norms, biases and other tensors -> AdamW at {other_lr}")
     return "; ".join(parts)

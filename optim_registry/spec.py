@@ -226,10 +226,10 @@ class Distributed:
 class MatrixRouting:
     """Hybrid optimizers (Muon, Dion): hidden matrices get one algorithm, everything else AdamW.
 
-    The interpreter splits the groups itself (``param_groups.route_matrices``): matrix groups carry
+    The interpreter splits the groups itself (``param_groups.split_matrix_groups``): matrix groups carry
     ``flag=True`` and start at the rate in option ``lr_option``; the rest carry ``flag=False`` and the
-    learning rate. Options ``exclude`` / ``lora_to_adamw`` / ``expert_matrices`` and
-    ``weight_decay_option`` steer the routing when the record declares them.
+    learning rate. Each ``*_option`` names the record's option that steers one part of the routing (it must be
+    declared); ``None`` leaves that part at its default.
     """
 
     flag: str
@@ -241,6 +241,19 @@ class MatrixRouting:
     #: Options holding the AdamW side's rate / weight decay (``None``: the learning rate / weight decay).
     other_lr_option: str | None = None
     other_weight_decay_option: str | None = None
+    #: Option holding the regex that sends matching matrices to AdamW (``None``: ``embed|lm_head|wte|wpe|output``).
+    exclude_option: str | None = None
+    #: Options saying whether LoRA factors / MoE routers go to AdamW (``None``: they always do).
+    lora_option: str | None = None
+    router_option: str | None = None
+    #: Option saying whether 3-D expert stacks count as matrices, with ``experts`` (``None``: they do).
+    experts_option: str | None = None
+
+    def options(self) -> tuple[str, ...]:
+        """The record options this routing reads."""
+        named = (self.lr_option, self.weight_decay_option, self.other_lr_option, self.other_weight_decay_option,
+                 self.exclude_option, self.lora_option, self.router_option, self.experts_option)
+        return tuple(n for n in named if n is not None)
 
 
 @dataclass(frozen=True)
@@ -332,6 +345,9 @@ class OptimizerSpec:
         unknown = set(self.hparams) - HPARAMS
         if unknown:
             raise ValueError(f"{self.name}: unknown hparams {sorted(unknown)}; use {sorted(HPARAMS)}")
+        undeclared = [o for o in (self.routing.options() if self.routing else ()) if o not in self.option_map]
+        if undeclared:
+            raise ValueError(f"{self.name}: its routing reads options {undeclared}, which it does not declare")
         object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
         object.__setattr__(self, "demo_options", MappingProxyType(dict(self.demo_options)))
 

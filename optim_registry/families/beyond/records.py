@@ -72,7 +72,7 @@ def _matmul_dtype(help_: str) -> Any:
     return opt("matmul_dtype", "str", "auto", help_ + "; bfloat16 or float32 force one", choices=MATMUL_DTYPES)
 
 
-#: Routing options shared by Muon and Dion (the interpreter reads them: ``build.matrix_routes``).
+#: Routing options shared by Muon and Dion (their ``MatrixRouting`` names them: ``_ROUTED_BY``).
 _ROUTING_OPTIONS = (
     opt("exclude", "str", r"embed|lm_head|wte|wpe|output", "regex searched in a 2-D weight's last two name "
         "parts (module, parameter); a match sends it to AdamW"),
@@ -81,6 +81,7 @@ _ROUTING_OPTIONS = (
     opt("router_to_adamw", "bool", True, "MoE routers (mlp.gate: the matrix beside the experts that picks them) "
         "go to AdamW, as published MoE recipes keep them; false puts them on the matrix side"),
 )
+_ROUTED_BY = {"exclude_option": "exclude", "lora_option": "lora_to_adamw", "router_option": "router_to_adamw"}
 
 RECORDS = (
     OptimizerSpec(
@@ -154,7 +155,7 @@ RECORDS = (
             *_ROUTING_OPTIONS,
         ),
         builder="optim_registry.families.beyond.builders:dion",
-        routing=MatrixRouting("use_dion", "dion_lr"),
+        routing=MatrixRouting("use_dion", "dion_lr", **_ROUTED_BY),
         group_options=frozenset({"betas", "eps", "momentum", "rank", "rank_fraction"}),
         supports_layerwise=False,
         state_bytes=4.0,
@@ -196,7 +197,8 @@ RECORDS = (
             *_ROUTING_OPTIONS,
         ),
         builder="optim_registry.families.beyond.builders:muon",
-        routing=MatrixRouting("use_muon", "muon_lr", "muon_weight_decay", experts=True),
+        routing=MatrixRouting("use_muon", "muon_lr", "muon_weight_decay", experts=True,
+                              experts_option="expert_matrices", **_ROUTED_BY),
         group_options=frozenset({"betas", "eps", "momentum", "nesterov", "ns_steps", "adjust_lr_fn"}),
         supports_layerwise=False,
         state_bytes=4.0,
