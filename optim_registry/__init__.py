@@ -29,7 +29,7 @@ _LAZY = {
     "Option": "spec",
     "Requirement": "spec",
     "SchedulerSpec": "schedulers",
-    "BuildContext": "build",
+    "BuildContext": "context",
     "MissingDependencyError": "deps",
     "PluginError": "plugins",
     "LayerwiseOptimizer": "engines.layerwise.engine",

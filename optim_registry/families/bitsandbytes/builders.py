@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from ...build import BuildContext
+from ...context import BuildContext
 
 _ADOPTED = "_optim_registry_own_overrides"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ...build import BuildContext
+from ...context import BuildContext
 from ...param_groups import split_by_dtype
 
 logger = logging.getLogger(__name__)

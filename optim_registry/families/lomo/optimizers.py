@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from lomo_optim import AdaLomo, Lomo
 
-from ...build import BuildContext
+from ...context import BuildContext
 
 
 class _FusedBackwardMixin:

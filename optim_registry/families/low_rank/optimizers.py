@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ...build import BuildContext
+from ...context import BuildContext
 from ..bitsandbytes import builders as bitsandbytes_family
 
 #: Projector classes a checkpoint may name; nothing else is ever imported from a state dict.

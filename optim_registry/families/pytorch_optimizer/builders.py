@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...build import BuildContext
+from ...context import BuildContext
 
 
 def adam_mini(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...build import BuildContext
+from ...context import BuildContext
 
 
 def warmup_steps(ctx: BuildContext) -> int:
