@@ -124,3 +124,79 @@ def test_cli_list_imports_no_torch():
         "assert 'adamw_torch' in buf.getvalue()"
     )
     assert "torch" not in _loaded_after(body)
+
+
+def test_the_layerwise_engine_is_pure_torch():
+    """``LayerwiseOptimizer`` imports nothing of the registry (its DDP hook aside); its factory and Trainer glue do."""
+    graph = import_graph()
+    assert graph["optim_registry.engines.layerwise.engine"] == {"optim_registry.engines.layerwise.ddp"}
+    assert graph["optim_registry.engines.layerwise.ddp"] == set()
+    assert "transformers" not in _loaded_after("from optim_registry.engines.layerwise.engine import LayerwiseOptimizer")
+
+
+# -- each family in one place ----------------------------------------------------------------------------------------
+
+FAMILIES_DIR = PACKAGE / "families"
+#: A family module that imports another family's, and why (anything else stays inside its own folder).
+CROSS_FAMILY = {
+    ("optim_registry.families.flashoptim.records", "optim_registry.families.torch.records"):
+        "FlashSGD takes torch SGD's momentum options, so it takes torch's nesterov check",
+    ("optim_registry.families.low_rank.optimizers", "optim_registry.families.bitsandbytes.builders"):
+        "GaLore's and Q-GaLore's 8-bit classes are bitsandbytes optimizers: its override handling applies to them",
+}
+
+
+def _dotted_paths(spec) -> dict[str, str]:
+    """The record's fields that name code by dotted path (``"module:attr"``)."""
+    fields = {key: getattr(spec, key) for key in ("target", "builder", "adapt", "adapt_model", "refresh")}
+    return {key: value for key, value in fields.items() if isinstance(value, str)}
+
+
+def test_every_family_is_one_folder_holding_its_records_and_the_code_they_name():
+    from optim_registry.families import FAMILIES, family
+
+    folders = sorted(p.name for p in FAMILIES_DIR.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(FAMILIES), "families/ holds exactly the folders FAMILIES lists"
+    names = set()
+    for name in FAMILIES:
+        assert (FAMILIES_DIR / name / "records.py").is_file(), name
+        found = family(name)
+        assert found.records and found.title and found.about, name
+        own = f"optim_registry.families.{name}."
+        for spec in found.records:
+            names.add(spec.name)
+            assert spec.family == name, (spec.name, spec.family)
+            for key, path in _dotted_paths(spec).items():
+                if path.startswith("optim_registry"):
+                    assert path.startswith(own), f"{spec.name}.{key} = {path!r} lies outside families/{name}/"
+    from optim_registry.registry import optimizers
+
+    twins = {s.name for s in optimizers.builtin().values() if s.layerwise and s.base in names}
+    assert names | twins == set(optimizers.builtin()), "every built-in name comes from one family's records"
+
+
+def test_family_knowledge_stays_in_the_families():
+    """The core reads the family list (``optim_registry.families``) and never imports a family's own modules: what a
+    family's code is, its records say by dotted path. Families import each other only where listed."""
+    graph = import_graph()
+    for module, edges in graph.items():
+        into = {e for e in edges if e.startswith("optim_registry.families.")}
+        if not module.startswith("optim_registry.families"):
+            assert not into, f"{module} imports family modules {sorted(into)}"
+            continue
+        if module == "optim_registry.families":
+            continue
+        mine = module.split(".")[2]
+        for edge in into:
+            if edge.split(".")[2] != mine:
+                assert (module, edge) in CROSS_FAMILY, f"{module} imports {edge}"
+    assert all(b in graph[a] for a, b in CROSS_FAMILY), "each listed cross-family import is still needed"
+
+
+def test_records_modules_import_no_torch():
+    """What listing reads: every family's records (and the layer-wise twins), without torch or any optimizer."""
+    from optim_registry.families import FAMILIES
+
+    body = "\n".join(f"import optim_registry.families.{name}.records" for name in FAMILIES)
+    body += "\nimport optim_registry.engines.layerwise.twins\nimport optim_registry.schedules.records"
+    assert _loaded_after(body) == []
