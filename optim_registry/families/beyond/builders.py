@@ -28,23 +28,30 @@ def routed_groups(ctx: BuildContext) -> list[dict[str, Any]]:
     return [dict(g) for g in ctx.groups or ()]
 
 
-def muon(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
-    """``MuonWithAdamW`` over routed groups: Muon at ``muon_lr`` on hidden matrices, AdamW at the trainer's lr."""
+def _hybrid_kwargs(ctx: BuildContext, **own: Any) -> dict[str, Any]:
+    """What both hybrid classes take, beside their ``own`` options: the routed groups, the matrix rate (the option the
+    record's routing names) as ``lr``, the Trainer's rate as ``adamw_lr``, the momentum, the product dtype, and the
+    AdamW side's betas / eps / weight decay."""
     opts = ctx.options
-    kwargs: dict[str, Any] = {
+    return {
         "params": routed_groups(ctx),
-        "lr": float(opts["muon_lr"]),
+        "lr": float(opts[ctx.spec.routing.lr_option]),
         "adamw_lr": ctx.hparams["lr"],
         "momentum": float(opts["momentum"]),
-        "nesterov": bool(opts["nesterov"]),
-        "ns_steps": int(opts["ns_steps"]),
-        "adjust_lr_fn": opts["adjust_lr_fn"],
+        **own,
         "matmul_dtype": opts["matmul_dtype"],
         "betas": tuple(ctx.hparams["betas"]),
         "eps": ctx.hparams["eps"],
         "weight_decay": ctx.kwargs["weight_decay"],
     }
-    return ctx.target(), kwargs
+
+
+def muon(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
+    """``MuonWithAdamW`` over routed groups: Muon at ``muon_lr`` on hidden matrices, AdamW at the trainer's lr."""
+    opts = ctx.options
+    return ctx.target(), _hybrid_kwargs(
+        ctx, nesterov=bool(opts["nesterov"]), ns_steps=int(opts["ns_steps"]), adjust_lr_fn=opts["adjust_lr_fn"]
+    )
 
 
 def dion(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
@@ -55,17 +62,6 @@ def dion(ctx: BuildContext) -> tuple[Any, dict[str, Any]]:
     means the registry's implementation: a checkpoint never changes meaning with the environment.
     """
     opts = ctx.options
-    kwargs: dict[str, Any] = {
-        "params": routed_groups(ctx),
-        "lr": float(opts["dion_lr"]),
-        "adamw_lr": ctx.hparams["lr"],
-        "momentum": float(opts["momentum"]),
-        "rank": opts["rank"],
-        "rank_fraction": float(opts["rank_fraction"]),
-        "seed": int(opts["seed"]),
-        "matmul_dtype": opts["matmul_dtype"],
-        "betas": tuple(ctx.hparams["betas"]),
-        "eps": ctx.hparams["eps"],
-        "weight_decay": ctx.kwargs["weight_decay"],
-    }
-    return ctx.target(), kwargs
+    return ctx.target(), _hybrid_kwargs(
+        ctx, rank=opts["rank"], rank_fraction=float(opts["rank_fraction"]), seed=int(opts["seed"])
+    )
