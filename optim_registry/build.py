@@ -209,7 +209,7 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
 
 
 def zero_stepped(spec: OptimizerSpec, cls: Any, kind: str) -> Any:
-    """``cls`` with ``optim_registry.engines.zero.ZeroStepped`` in front, for ZeRO-3 steps and the train/eval protocol."""
+    """``cls`` with ``engines.zero.ZeroStepped`` in front, for ZeRO-3 steps and the train/eval protocol."""
     if is_factory(cls):
         raise ValueError(
             f"optim={spec.name!r} is built by a factory, which cannot be stepped under DeepSpeed ZeRO stage "

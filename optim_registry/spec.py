@@ -187,7 +187,7 @@ class Distributed:
     ``zero_math`` says how a supported ZeRO stage runs it (``optim_registry.engines.zero``): ``"local"`` the
     library's own step on ZeRO's flat fp32 partitions (elementwise updates), ``"views"`` the library's own step
     on per-tensor views of those partitions, each view with its whole tensor's decisions (state quantised in
-    blocks of each tensor: bitsandbytes 8-bit, torchao, FlashOptim; ``zero.ZeroViews``), ``"deepspeed_muon"``
+    blocks of each tensor: bitsandbytes 8-bit, torchao, FlashOptim; ``engines.zero.ZeroViews``), ``"deepspeed_muon"``
     DeepSpeed's own Muon (``deepspeed.runtime.zero.muon``), given the registry's groups and routing.
 
     The evidence sits beside the claims: ``fsdp2_run`` / ``zero_run`` is the run done here (``tests/test_fsdp2.py``

@@ -1,1 +1,3 @@
-"""How stepping meets an engine: layer-wise stepping inside backward, FSDP2 (fsdp2.py) and DeepSpeed ZeRO (zero.py)."""
+"""How stepping meets an engine: layer-wise stepping inside backward (layerwise/), FSDP2 (fsdp2.py), DeepSpeed ZeRO
+(zero.py), and why each distributed path is trusted (evidence.py).
+"""

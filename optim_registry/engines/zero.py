@@ -64,8 +64,8 @@ def _clipping(args: Any, config: dict[str, Any]) -> tuple[float, bool]:
     value = config.get("gradient_clipping", "auto")
     if value in ("auto", None):
         norm = float(getattr(args, "max_grad_norm", 0.0) or 0.0)
-        # transformers' own default (layerwise.default_max_grad_norm reads the same field; importing it here
-        # would close an import cycle through build)
+        # transformers' own default (plan.default_max_grad_norm reads the same field; importing it here
+        # would close an import cycle: plan imports this module)
         default = float(transformers.TrainingArguments.__dataclass_fields__["max_grad_norm"].default)
         return norm, norm > 0 and norm != default
     return float(value), float(value) > 0
@@ -446,7 +446,8 @@ def _check_covered(flat: Any, size: int, where: str) -> None:
 
         raise RuntimeError(
             f"{where}: the flat fp32 partition has {flat.numel()} elements where DeepSpeed's bookkeeping gives "
-            f"{size}; optim_registry.engines.zero reads deepspeed 0.19's layout and this is deepspeed {deepspeed.__version__}."
+            f"{size}; optim_registry.engines.zero reads deepspeed 0.19's layout and this is deepspeed "
+            f"{deepspeed.__version__}."
         )
 
 
@@ -702,8 +703,9 @@ class _Bitsandbytes(_Library):
 def _take_bnb_overrides(optimizer: Any, params: list[Any]) -> dict[int, dict[str, Any]]:
     """``id(param) -> override`` for the model's parameters, taken off bitsandbytes' process-wide lists.
 
-    The registry registers 32-bit state for each ``nn.Embedding`` there (``families.bitsandbytes.builders.keep_embeddings_32bit``), keyed by
-    module; bitsandbytes would look for those parameters among the optimizer's, which under ZeRO holds none.
+    The bitsandbytes family registers 32-bit state for each ``nn.Embedding`` there (its 8-bit records'
+    ``adapt_model``, ``keep_embeddings_32bit``), keyed by module; bitsandbytes would look for those parameters among
+    the optimizer's, which under ZeRO holds none.
     """
     from bitsandbytes.optim import GlobalOptimManager
 

@@ -1,1 +1,3 @@
-"""The beyond family: ADOPT, CAME, Muon and Dion (records.py; builders.py; muon.py, dion.py, precision.py: the registry's own Muon and Dion)."""
+"""The beyond family: ADOPT, CAME, Muon and Dion (records.py; builders.py; muon.py, dion.py, precision.py: the
+registry's own Muon and Dion).
+"""

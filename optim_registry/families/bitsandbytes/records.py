@@ -86,7 +86,7 @@ _RMSPROP_OPTIONS = (
 
 
 #: 8-bit state is quantised in blocks of each tensor: under ZeRO it is stepped on per-tensor views of the flat
-#: partitions, each with its whole tensor's 8-/32-bit decision (``zero.ZeroViews``).
+#: partitions, each with its whole tensor's 8-/32-bit decision (``engines.zero.ZeroViews``).
 _VIEWS = Distributed(zero_math="views")
 
 
