@@ -5,7 +5,7 @@ One ``torchrun`` launch (2 CPU processes, gloo, one thread each) on a Llama buil
 - ``single``: rank 0 alone steps the registry's ``muon`` on the unsharded model (the others wait), so
   every Newton-Schulz runs in one process;
 - ``fsdp2_muon``: every decoder layer and the root passed to ``fully_shard``; each rank steps its rows,
-  each matrix is orthogonalised once on its owner rank (``optim_registry.sharded.whole_matrix_map``);
+  each matrix is orthogonalised once on its owner rank (``optim_registry.engines.fsdp2.whole_matrix_map``);
 - ``fsdp2_adamw``: the same sharded model with ``adamw_torch`` (elementwise, shard-local): the floor.
 
 Only ``optimizer.step()`` is timed (median of ``--repeat`` after one warm-up, gradients from one backward

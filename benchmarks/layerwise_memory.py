@@ -57,12 +57,12 @@ def worker(side: str, name: str, config: dict[str, Any], steps: int, seq_len: in
     import tempfile
     import time
 
+    import optim_registry.layerwise
     import torch
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import optim_registry
-    import optim_registry.layerwise
     from optim_registry.testing import TokenDataset
 
     if trim_mib is not None:  # --trim-every-mib: the engine's hand-back of freed gradient memory (0: off)

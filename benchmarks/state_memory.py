@@ -165,9 +165,9 @@ def rounded(x: float) -> float:
 
 
 def record_file(name: str, family: str) -> str:
-    """Which builtin module declares ``name`` (best effort, for the lead's edit)."""
-    root = C.REPO / "optim_registry" / "builtin"
-    texts = {path: path.read_text(encoding="utf-8", errors="replace") for path in sorted(root.glob("*.py"))}
+    """Which family's records module declares ``name`` (best effort, for the lead's edit)."""
+    root = C.REPO / "optim_registry" / "families"
+    texts = {path: path.read_text(encoding="utf-8", errors="replace") for path in sorted(root.glob("*/records.py"))}
     quoted = rf"""["']{re.escape(name)}["']"""
     # A record's own `name="..."` first; a bare mention (another family's catalogue) only as a fallback.
     for pattern in (re.compile(rf"\bname\s*=\s*{quoted}"), re.compile(quoted)):

@@ -1,18 +1,18 @@
 """DeepSpeed ZeRO-1/2/3 against one process: per name and stage, the weight difference after training, or the refusal.
 
-The figures behind ``optim_registry/builtin/zero_runs.py`` and docs/distributed.md. One ``torchrun`` launch per
-stage (2 CPU processes, gloo) runs ``tests/zero_worker.py`` on the names ``tests/test_zero.py`` checks, every rank
-on the same batches through ``OptimTrainer``; the same runs are then trained in this process without DeepSpeed.
-A row is the largest |weight difference| to one process (and whether the ranks agree bit for bit), or the
-refusal's message. For block-quantised names (per-tensor views, ``zero.ZeroViews``) a row also splits it: inside
-the blocks a partition boundary runs through (``split``: each rank quantises its part of such a block with its
-own maximum) and everywhere else (``rest``), with the number of elements more than 1e-6 off. ``+offload``: the
-optimizer offloaded to the CPU, compared with the same run without it. Controls:
-``stock_class/...`` is the library stepping ZeRO's flat partitions (what the stock Trainer does, and the registry
-did before the views), ``+unaligned`` the views without cutting a split tensor at its block boundaries. torchao's
-names get a launch of their own per stage (``--torchao``, on by default) with ``torch.compile`` on: the other
-launch disables it (DeepSpeed's Muon would compile for minutes). For scale, the same table gives distances between
-runs that differ on purpose (another optimizer, another beta2, 8-bit vs 32-bit state, bf16 vs float32
+The figures behind the records' ZeRO evidence (``Distributed.zero_run`` / ``zero_reasoned``) and
+docs/distributed.md. One ``torchrun`` launch per stage (2 CPU processes, gloo) runs ``tests/zero_worker.py`` on the
+names ``tests/test_zero.py`` checks, every rank on the same batches through ``OptimTrainer``; the same runs are then
+trained in this process without DeepSpeed. A row is the largest |weight difference| to one process (and whether the
+ranks agree bit for bit), or the refusal's message. For block-quantised names (per-tensor views,
+``engines.zero.ZeroViews``) a row also splits it: inside the blocks a partition boundary runs through (``split``:
+each rank quantises its part of such a block with its own maximum) and everywhere else (``rest``), with the number
+of elements more than 1e-6 off. ``+offload``: the optimizer offloaded to the CPU, compared with the same run without
+it. Controls: ``stock_class/...`` is the library stepping ZeRO's flat partitions (what the stock Trainer does, and
+the registry did before the views), ``+unaligned`` the views without cutting a split tensor at its block boundaries.
+torchao's names get a launch of their own per stage (``--torchao``, on by default) with ``torch.compile`` on: the
+other launch disables it (DeepSpeed's Muon would compile for minutes). For scale, the same table gives distances
+between runs that differ on purpose (another optimizer, another beta2, 8-bit vs 32-bit state, bf16 vs float32
 Newton-Schulz), all in one process.
 
     python benchmarks/zero_agreement.py            # 6 launches and the references, about 10 minutes
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = p.parse_args(argv)
     from zero_worker import launch, one_process_record
 
-    import optim_registry.optimizers.muon as muon_module
+    import optim_registry.families.beyond.muon as muon_module
     from optim_registry import deps
     from optim_registry.registry import optimizers
 

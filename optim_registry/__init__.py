@@ -29,10 +29,10 @@ _LAZY = {
     "Option": "spec",
     "Requirement": "spec",
     "SchedulerSpec": "schedulers",
-    "BuildContext": "build",
+    "BuildContext": "context",
     "MissingDependencyError": "deps",
     "PluginError": "plugins",
-    "LayerwiseOptimizer": "layerwise",
+    "LayerwiseOptimizer": "engines.layerwise.engine",
 }
 
 __all__ = sorted([*_LAZY, "OptimizerNames", "__version__"])

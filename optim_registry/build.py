@@ -10,88 +10,20 @@ as ``TrainerFacts``, explicitly. Everything that can go wrong is checked before 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from . import deps, zero
-from .distributed import FSDP2, check_support
-from .labels import ParamTable, label_parameters
+from . import deps
+from .context import NO_FACTS, BuildContext, TrainerFacts
+from .distributed import FSDP2, check_support, fsdp2_verdict
+from .engines import zero
+from .engines.zero import ZERO_KINDS
+from .labels import label_parameters
 from .optim_args import shorten
 from .param_groups import DEFAULT_MATRIX_EXCLUDE, build_groups, routes, split_matrix_groups
-from .plan import Plan, plan_of
+from .plan import plan_of
 from .registry import load_builder, optimizers, qualname
 from .runnable import check_here, on_cpu
 from .spec import OptimizerSpec, is_factory, plain_name
-from .zero import ZERO_KINDS
-
-
-@dataclass(frozen=True)
-class TrainerFacts:
-    """What a Trainer knows about the build beyond the arguments (unset: ``None``), passed explicitly."""
-
-    #: The weight-decay parameter names from the Trainer's ``get_decay_parameter_names`` (users may override it).
-    decay_names: frozenset[str] | None = None
-    #: The run's total optimizer steps (for ratios such as warm-up 0.1).
-    training_steps: int | None = None
-
-
-NO_FACTS = TrainerFacts()
-
-
-@dataclass
-class BuildContext:
-    """What a builder gets: the record, the arguments, the model and everything already computed."""
-
-    spec: OptimizerSpec
-    args: Any
-    model: Any
-    options: dict[str, Any]  # every declared option, typed: what optim_args gave, else the record's default
-    hparams: dict[str, Any]  # lr, betas, eps, weight_decay after optim_args overrides
-    kwargs: dict[str, Any]  # generic constructor kwargs: lr, hparams, fixed, the options that are sent
-    groups: list[dict[str, Any]] | None = None  # param groups (weight decay / targets / routing / rules)
-    given: dict[str, Any] = field(default_factory=dict)  # exactly what optim_args said, typed
-    rules: tuple[Any, ...] = ()  # parsed optim_groups rules (already applied to ``groups``)
-    plan: Plan | None = None  # what the arguments mean (every field above that comes from them is its copy)
-    facts: TrainerFacts = NO_FACTS  # what the Trainer said: its decay names, the run's length
-    labels: ParamTable | None = None  # each parameter's labels (decay, target, kind, LoRA, rules), with a model
-
-    def target(self) -> Any:
-        return load_target(self.spec)
-
-    def with_groups(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``kwargs`` plus ``params=self.groups`` when the Trainer's own groups would be wrong.
-
-        That is when target modules, routing or ``optim_groups`` split the parameters, or ``optim_args`` overrode ``weight_decay``
-        (the Trainer builds its groups from ``args.weight_decay``). Otherwise the Trainer builds the
-        groups, as transformers does, honouring an overridden ``get_decay_parameter_names``.
-        """
-        if self.groups is not None and (
-            self.spec.target_modules or "weight_decay" in self.given or self.rules or self.spec.routing
-        ):
-            kwargs["params"] = self.groups
-        return kwargs
-
-    @property
-    def num_training_steps(self) -> int | None:
-        """Total optimizer steps of the run: known inside a Trainer, else ``args.max_steps`` if set."""
-        if self.facts.training_steps is not None:
-            return self.facts.training_steps
-        return self.plan.max_steps if self.plan is not None else None
-
-    @property
-    def on_cpu(self) -> bool:
-        """Whether this run's parameters live on the CPU (``runnable.on_cpu``: the one device rule)."""
-        return on_cpu(self.model, self.args)
-
-    def require_model(self) -> Any:
-        if self.model is None:
-            raise ValueError(f"optim={self.spec.name!r} needs the model: pass `model=` when resolving it")
-        return self.model
-
-
-def load_target(spec: OptimizerSpec) -> Any:
-    target = spec.target
-    return deps.import_target(spec.name, target, spec.requires) if isinstance(target, str) else target
 
 
 def make_context(args: Any, model: Any = None, *, facts: TrainerFacts | None = None) -> BuildContext:
@@ -135,17 +67,17 @@ def compose_groups(ctx: BuildContext) -> list[dict[str, Any]]:
 
 
 def routing_policy(spec: OptimizerSpec, options: dict[str, Any]) -> dict[str, Any]:
-    """How ``spec.routing`` sends parameters, from the record's routing options (their defaults where it has none)."""
-    declared = spec.option_map
+    """How ``spec.routing`` sends parameters, from the options its routing names (the defaults where it names none)."""
+    routing = spec.routing
 
-    def option(name: str, default: Any) -> Any:
-        return options[name] if name in declared else default
+    def option(name: str | None, default: Any) -> Any:
+        return default if name is None else options[name]
 
     return {
-        "exclude": option("exclude", DEFAULT_MATRIX_EXCLUDE),
-        "lora_to_adamw": bool(option("lora_to_adamw", True)),
-        "experts": bool(spec.routing and spec.routing.experts) and bool(option("expert_matrices", True)),
-        "router_to_adamw": bool(option("router_to_adamw", True)),
+        "exclude": option(routing.exclude_option, DEFAULT_MATRIX_EXCLUDE),
+        "lora_to_adamw": bool(option(routing.lora_option, True)),
+        "experts": routing.experts and bool(option(routing.experts_option, True)),
+        "router_to_adamw": bool(option(routing.router_option, True)),
     }
 
 
@@ -214,13 +146,13 @@ def resolve(
         # A builder that left the groups to the Trainer would drop the rules: hand it the composed ones.
         kwargs = {**kwargs, "params": ctx.groups}
     if spec.layerwise:
-        from .layerwise import layerwise_factory
+        from .engines.layerwise.factory import layerwise_factory
 
         cls, kwargs = layerwise_factory(ctx, cls, kwargs)
     elif fsdp2 and spec.distributed.fsdp2_math == "owner":
         cls = owner_stepped(spec, cls)
     elif fsdp2 and spec.protocol == "train_eval" and not is_factory(cls):
-        from .sharded import train_mode_init_class
+        from .engines.fsdp2 import train_mode_init_class
 
         cls = train_mode_init_class(cls)  # accelerate's FSDP2 resume steps a fresh one, still in eval mode
     if kind in ZERO_KINDS and zero.needs_stepping(spec, kind):
@@ -249,16 +181,17 @@ def checked_result(spec: OptimizerSpec, builder: Any, result: Any) -> tuple[Any,
 def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
     """Whether ``model`` is sharded by FSDP2; ``ValueError`` naming FSDP2 if ``spec`` cannot train it.
 
-    Decided from the record (``distributed.fsdp2``) and the parameters' layout, before anything is built.
+    Decided from the record (``distributed.fsdp2_verdict``: its ``distributed.fsdp2``, and whether the owner-rank
+    path reaches its math) and the parameters' layout, before anything is built.
     """
     if model is None or not hasattr(model, "named_parameters"):
         return False
-    from .sharded import fsdp2_parameters, layout_of
+    from .engines.fsdp2 import fsdp2_parameters, layout_of
 
     sharded = fsdp2_parameters(model)
     if not sharded:
         return False
-    check_support(spec, FSDP2)
+    check_support(fsdp2_verdict(spec), FSDP2)
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -272,16 +205,11 @@ def check_fsdp2(spec: OptimizerSpec, model: Any) -> bool:
             layout_of(param, f"parameter {name!r}")
         except ValueError as exc:
             raise ValueError(f"optim={spec.name!r} under FSDP2: {exc}") from None
-    if spec.distributed.fsdp2_math == "owner" and spec.protocol != "step":
-        raise ValueError(
-            f"optim={spec.name!r} follows the {spec.protocol!r} protocol, which changes the weights outside "
-            f"step(); its whole-tensor copies under {FSDP2.detail} would miss that. Choose another optimizer."
-        )
     return True
 
 
 def zero_stepped(spec: OptimizerSpec, cls: Any, kind: str) -> Any:
-    """``cls`` with ``optim_registry.zero.ZeroStepped`` in front, for ZeRO-3 steps and the train/eval protocol."""
+    """``cls`` with ``engines.zero.ZeroStepped`` in front, for ZeRO-3 steps and the train/eval protocol."""
     if is_factory(cls):
         raise ValueError(
             f"optim={spec.name!r} is built by a factory, which cannot be stepped under DeepSpeed ZeRO stage "
@@ -291,13 +219,13 @@ def zero_stepped(spec: OptimizerSpec, cls: Any, kind: str) -> Any:
 
 
 def owner_stepped(spec: OptimizerSpec, cls: Any) -> Any:
-    """``cls`` run on whole tensors, each on one owner rank (``optim_registry.sharded.OwnerStepped``)."""
+    """``cls`` run on whole tensors, each on one owner rank (``optim_registry.engines.fsdp2.OwnerStepped``)."""
     if is_factory(cls):
         raise ValueError(
             f"optim={spec.name!r} is built by a factory from the model, which cannot be given whole-tensor "
             f"copies under {FSDP2.detail}; train it unsharded or choose another optimizer."
         )
-    from .sharded import owner_stepped_class
+    from .engines.fsdp2 import owner_stepped_class
 
     return owner_stepped_class(cls)
 
@@ -364,47 +292,27 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-12 + 1e-9 * max(abs(a), abs(b))
 
 
-def adapter(spec: OptimizerSpec) -> Callable[[Any], None] | None:
-    """The record's post-construction fix (``spec.adapt``), imported."""
-    adapt = spec.adapt
-    return deps.import_object(adapt) if isinstance(adapt, str) else adapt
+def _hook(hook: Any) -> Callable[..., None] | None:
+    """A record's hook (``adapt`` / ``adapt_model``), imported when it is a dotted path."""
+    return deps.import_object(hook) if isinstance(hook, str) else hook
 
 
 def finalize(optimizer: Any, spec: OptimizerSpec, model: Any) -> None:
-    """After construction, before the first step: the record's fix, 32-bit state for embeddings, provenance."""
-    adapt = adapter(spec)
-    if adapt is not None and not spec.layerwise:  # layer-wise: each inner optimizer is adapted when built
+    """After construction, before the first step: the record's hooks, then provenance.
+
+    ``adapt`` gets the optimizer (a layer-wise one's inner optimizers got it when they were built); ``adapt_model``
+    gets the optimizer and the model, once (bitsandbytes' 32-bit state for ``nn.Embedding`` weights).
+    """
+    adapt = _hook(spec.adapt)
+    if adapt is not None and not spec.layerwise:
         adapt(optimizer)
-    if spec.embedding_32bit and model is not None:
-        keep_embeddings_32bit(model)
+    adapt_model = _hook(spec.adapt_model)
+    if adapt_model is not None and model is not None:
+        adapt_model(optimizer, model)
     try:
         optimizer.optim_registry_name = spec.name
     except AttributeError:  # pragma: no cover - optimizers with __slots__
         pass
-
-
-def keep_embeddings_32bit(model: Any) -> int:
-    """Tell bitsandbytes to keep ``nn.Embedding`` state in 32 bits; returns the parameters covered.
-
-    Once per module: transformers' ``Trainer.create_optimizer`` registers the same override itself for any
-    class whose name contains "bitsandbytes" built with ``optim_bits=8``, and bitsandbytes' list only grows.
-    """
-    import bitsandbytes
-    from torch import nn
-
-    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
-    registered = {
-        id(module)
-        for module, param, config in manager.module_weight_config_triple
-        if param == "weight" and config == {"optim_bits": 32}
-    }
-    covered = 0
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            if id(module) not in registered:
-                manager.register_module_override(module, "weight", {"optim_bits": 32})
-            covered += module.weight.numel()
-    return covered
 
 
 # ------------------------------------------------------------------------------------------ the scheduler
@@ -417,8 +325,8 @@ def create_scheduler(args: Any, optimizer: Any, num_training_steps: int, *, warm
     themselves). The kwargs were typed once, with the arguments' plan; here they are checked against the
     run (its length, the optimizer's rate) and the scheduler is built.
     """
-    from .builtin.schedulers import reference_lr
     from .schedulers import _metric_driven_types, _start_from, check_scheduler_kwargs
+    from .schedules.records import reference_lr
     from .spec import RunFacts
 
     plan = plan_of(args)

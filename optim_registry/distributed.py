@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .engines.zero import FSDP2_WAY, ZERO_KINDS
 from .optim_args import shorten
 from .spec import OptimizerSpec
-from .zero import FSDP2_WAY, ZERO_KINDS
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def detect_backend(args: Any) -> Backend:
         version = config.get("fsdp_version", config.get("version", 2)) if isinstance(config, dict) else 2
         orig = config.get("use_orig_params", True) if isinstance(config, dict) else True
         if str(version) == "2":
-            # fully_shard: DTensor parameters that keep their global shapes (see optim_registry.sharded).
+            # fully_shard: DTensor parameters that keep their global shapes (see optim_registry.engines.fsdp2).
             return FSDP2
         return Backend("fsdp", "FSDP1" + ("" if orig else " (flattened parameters)"))
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -124,3 +124,23 @@ def check_support(spec: OptimizerSpec, backend: Backend) -> None:
             "See `optim-registry show " + spec.name + "` for what it supports, or choose another optimizer "
             "(docs/distributed.md)."
         )
+
+
+def fsdp2_verdict(spec: OptimizerSpec) -> OptimizerSpec:
+    """The record, with FSDP2 refused where the owner-rank path cannot reach the optimizer's math.
+
+    That path hands the library whole-tensor copies through its param groups: an optimizer built from the model
+    itself, or one that moves the weights outside ``step()``, would act on the wrong tensors. The one decision:
+    the built-in records carry it (listings, docs) and the build asks it of any record (plugins too).
+    """
+    d = spec.distributed
+    if d.fsdp2 is not True or d.fsdp2_math != "owner":
+        return spec
+    why = None
+    if spec.protocol == "fused_backward":
+        why = "the weights change inside backward, before FSDP2 has reduced the gradients"
+    elif spec.protocol != "step":
+        why = f"the {spec.protocol!r} protocol moves the weights outside step()"
+    elif spec.needs_model:
+        why = "built from the model rather than its param groups, so it cannot be given whole-tensor copies"
+    return spec if why is None else spec.variant(distributed=replace(d, fsdp2=why))

@@ -21,56 +21,6 @@ from typing import Any
 
 from .spec import OptimizerSpec, Option
 
-#: Title and one paragraph per family; a family missing here gets its name as title.
-FAMILIES: dict[str, tuple[str, str]] = {
-    "torch": (
-        "PyTorch and transformers built-ins",
-        "Optimizers that ship with torch (and transformers' Adafactor). Nothing to install.",
-    ),
-    "bitsandbytes": (
-        "bitsandbytes: 8-bit, paged and 32-bit optimizers",
-        "Block-wise quantised optimizer state from bitsandbytes. 8-bit names keep `nn.Embedding` state in "
-        "32 bits, as transformers does. All run on CPU with bitsandbytes 0.50; paged names fall back to "
-        "non-paged memory there.",
-    ),
-    "low_rank": (
-        "Low-rank projection: GaLore and APOLLO",
-        "Gradients of the `optim_target_modules` Linear weights are projected to a low rank, so the "
-        "optimizer state of those weights is small. They need `optim_target_modules` "
-        "([target_modules.md](../target_modules.md)).",
-    ),
-    "lomo": (
-        "LOMO and AdaLomo: updates fused into backward",
-        "The weights change inside backward, so gradients are never stored for the whole model. "
-        "No gradient accumulation; built with the model.",
-    ),
-    "schedulefree": (
-        "Schedule-free optimizers",
-        "No decaying schedule needed: the optimizer averages its iterates. It must be switched to "
-        "`eval()` before evaluating and saving; `OptimTrainer` does that.",
-    ),
-    "optimi": (
-        "torch-optimi",
-        "Optimizers from torch-optimi with Kahan summation and fully decoupled weight decay; run on CPU "
-        "with `triton=False`, which the registry sets for CPU parameters.",
-    ),
-    "beyond": (
-        "Beyond Adam: Muon, Dion, CAME, ADOPT",
-        "Newer optimizers, some with their own parameter split (Muon: 2-D hidden matrices on Muon, the "
-        "rest on AdamW).",
-    ),
-    "flashoptim": ("flashoptim", "flashoptim's optimizers; on CPU only in their unquantised, unfused form."),
-    "pytorch_optimizer": (
-        "pytorch_optimizer (`po_*` names)",
-        "The optimizers of the pytorch_optimizer library that pass the registry's conformance harness, "
-        "under `po_<name>`. Their options are typed from the version the shipped catalogue was generated from; "
-        "with another version installed, a name's options are read from the installed class when the name is "
-        "resolved, and a `CatalogueVersionWarning` says so once.",
-    ),
-    "torchao": ("torchao low-bit optimizers", "4-bit, 8-bit and FP8 AdamW state from torchao."),
-    "misc": ("Other optimizers", "Optimizers that fit no other family."),
-}
-
 PROTOCOLS = {
     "step": "the Trainer calls `optimizer.step()` after backward, as usual",
     "train_eval": "`optimizer.train()` before training steps, `optimizer.eval()` before evaluating and saving; "
@@ -168,18 +118,19 @@ def routing_text(spec: OptimizerSpec) -> str:
         return ""
     matrix_lr = f"`{routing.lr_option}`" if routing.lr_option else "the learning rate"
     other_lr = f"`{routing.other_lr_option}`" if routing.other_lr_option else "the learning rate"
-    options = spec.option_map
     parts = [f"Routing (`{routing.flag}`): hidden 2-D weights -> matrix side at {matrix_lr}"]
     if routing.experts:
+        steer = f" (`{routing.experts_option}`)" if routing.experts_option else ""
         parts.append("3-D MoE expert stacks (`experts.gate_up_proj`, `experts.down_proj`) -> matrix side, one "
-                     "matrix per expert (`expert_matrices`)")
+                     f"matrix per expert{steer}")
     else:
         parts.append("3-D tensors (MoE expert stacks included) -> AdamW")
-    lora = "`lora_to_adamw`" if "lora_to_adamw" in options else "always"
+    lora = f"`{routing.lora_option}`" if routing.lora_option else "always"
     parts.append(f"LoRA factors (`lora_A`, `lora_B`) -> AdamW ({lora})")
-    router = "`router_to_adamw`" if "router_to_adamw" in options else "always"
+    router = f"`{routing.router_option}`" if routing.router_option else "always"
     parts.append(f"MoE routers (`mlp.gate`, beside the experts) -> AdamW ({router})")
-    exclude = "names matching `exclude`" if "exclude" in options else "names like embed/lm_head/wte/wpe/output"
+    exclude = (f"names matching `{routing.exclude_option}`" if routing.exclude_option
+               else "names like embed/lm_head/wte/wpe/output")
     parts.append(f"nn.Embedding weights, the input/output embedding and {exclude} -> AdamW")
     parts.append(f"norms, biases and other tensors -> AdamW at {other_lr}")
     return "; ".join(parts)
@@ -242,35 +193,36 @@ def distributed_summary(spec: OptimizerSpec) -> list[str]:
 
 def zero_evidence(spec: OptimizerSpec) -> str:
     """How ``spec`` runs under DeepSpeed ZeRO and whether that combination was trained here."""
-    from .builtin.zero_runs import MATH, MEASURED, REASONED, REASONED_BY_FAMILY, RUN, RUN_NOTES
+    from .engines.evidence import ZERO_PATHS, ZERO_REASONED
 
-    math = spec.distributed.zero_math
-    how = MATH[math]
-    if spec.name in RUN:
-        measured = ", ".join(f"ZeRO-{n} {MEASURED[n][spec.name]:.2g}" for n in sorted(MEASURED))
-        note = f"; {RUN_NOTES[spec.name]}" if spec.name in RUN_NOTES else ""
+    d = spec.distributed
+    how = ZERO_PATHS[d.zero_math]
+    run = d.zero_run
+    if run is not None and run.measured is not None:
+        measured = ", ".join(f"ZeRO-{n} {value:.2g}" for n, value in enumerate(run.measured, 1))
+        note = f"; {run.note}" if run.note else ""
         return f"{how}; run here (2 processes; largest difference to one process after 3 steps: {measured}{note})"
-    return f"{how}; {REASONED_BY_FAMILY.get((math, spec.family)) or REASONED[math]}"
+    return f"{how}; {d.zero_reasoned or ZERO_REASONED[d.zero_math]}"
 
 
 def fsdp2_evidence(spec: OptimizerSpec) -> str:
     """How ``spec`` runs under FSDP2 and whether that combination was trained here."""
-    from .builtin.fsdp2_runs import MATH, REASONED, RUN
+    from .engines.evidence import FSDP2_PATHS, FSDP2_REASONED
 
-    how = MATH[spec.distributed.fsdp2_math]
-    if spec.name in RUN:
+    how = FSDP2_PATHS[spec.distributed.fsdp2_math]
+    if spec.distributed.fsdp2_run is not None:
         return f"{how}; run here (2 processes, exact vs one process)"
-    return f"{how}; {REASONED[spec.distributed.fsdp2_math]}"
+    return f"{how}; {FSDP2_REASONED[spec.distributed.fsdp2_math]}"
 
 
 def fsdp2_checkpoint_evidence(spec: OptimizerSpec) -> str:
     """Whether ``spec``'s FSDP2 checkpoints resume on any number of ranks, and whether that was run here."""
-    from .builtin.fsdp2_runs import CHECKPOINT_REASONED, CHECKPOINT_RUN, RUN
+    from .engines.evidence import CHECKPOINT_REASONED, CHECKPOINT_RUN
 
     verdict = spec.distributed.fsdp2_checkpoint
     if verdict is not True:
         return f"no ({verdict}): a resume on another number of ranks is refused"
-    if spec.name in RUN:
+    if spec.distributed.fsdp2_run is not None:
         return f"any number of ranks; {CHECKPOINT_RUN}"
     return f"any number of ranks; {CHECKPOINT_REASONED[spec.distributed.fsdp2_math]}"
 
@@ -370,12 +322,24 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return out
 
 
+def family_page(family: str) -> tuple[str, str]:
+    """The title and first paragraph of a family's page (``families.<family>.records``); a plugin's family, which
+    has no page, is titled by its name."""
+    from .families import FAMILIES
+    from .families import family as built_in
+
+    if family not in FAMILIES:
+        return family, ""
+    found = built_in(family)
+    return found.title, found.about
+
+
 def family_title(family: str) -> str:
-    return FAMILIES.get(family, (family, ""))[0]
+    return family_page(family)[0]
 
 
 def render_family(family: str, specs: list[OptimizerSpec], all_names: set[str]) -> str:
-    title, blurb = FAMILIES.get(family, (family, ""))
+    title, blurb = family_page(family)
     main = [s for s in specs if not _is_twin(s, all_names)]
     twins = [s for s in specs if _is_twin(s, all_names)]
     lines = [f"# {title}", "", "<!-- Generated by `python -m optim_registry.docgen` from the registry records. -->", ""]
@@ -485,7 +449,7 @@ def render_index(by_family: dict[str, list[OptimizerSpec]], all_names: set[str])
 
 def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
     """The support matrix: one row per whole-model record, reasons as numbered footnotes."""
-    from .builtin import fsdp2_runs, zero_runs
+    from .engines import evidence
 
     reasons: dict[str, int] = {}
     rows = []
@@ -496,10 +460,10 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         support = distributed_support(s)
         for key, value in support.items():
             if value is True and key == "fsdp2":
-                cells.append(f"{'RUN' if s.name in fsdp2_runs.RUN else 'yes'} ({s.distributed.fsdp2_math})")
+                cells.append(f"{'RUN' if s.distributed.fsdp2_run else 'yes'} ({s.distributed.fsdp2_math})")
             elif value is True and key.startswith("zero") and s.distributed.zero_math != "local":
-                cells.append(f"{'RUN' if s.name in zero_runs.RUN else 'yes'} ({s.distributed.zero_math})")
-            elif value is True and key.startswith("zero") and s.name in zero_runs.RUN:
+                cells.append(f"{'RUN' if s.distributed.zero_run else 'yes'} ({s.distributed.zero_math})")
+            elif value is True and key.startswith("zero") and s.distributed.zero_run:
                 cells.append("RUN")
             elif value is True:
                 cells.append("yes")
@@ -510,7 +474,7 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         if support["fsdp2"] is not True:
             cells.append("—")
         elif checkpoint is True:
-            cells.append("RUN" if s.name in fsdp2_runs.RUN else "yes")
+            cells.append("RUN" if s.distributed.fsdp2_run else "yes")
         else:
             cells.append(f"no [{reasons.setdefault(str(checkpoint), len(reasons) + 1)}]")
         rows.append((f"`{s.name}`", s.family, *cells))
@@ -521,23 +485,23 @@ def render_distributed(specs: list[OptimizerSpec], all_names: set[str]) -> str:
         "FSDP2 cells: **RUN** = trained here under FSDP2 (2 CPU processes, gloo, torchrun; `tests/test_fsdp2.py`) "
         "and equal to one process on the same batch; **yes** = supported, not run here, reasoned from how it "
         "runs. In brackets, how it runs: "
-        + "; ".join(f"`{k}` = {v}" for k, v in fsdp2_runs.MATH.items()) + ".",
+        + "; ".join(f"`{k}` = {v}" for k, v in evidence.FSDP2_PATHS.items()) + ".",
         "",
         "FSDP2 checkpoint cells (the record's `distributed.fsdp2_checkpoint`): **RUN** = "
-        + fsdp2_runs.CHECKPOINT_RUN
+        + evidence.CHECKPOINT_RUN
         + " (`tests/test_fsdp2_checkpoints.py`); **yes** = resumes on any number of ranks, reasoned: "
         + "; ".join(f"`{k}`: {v.removeprefix('not run here; reasoned: ')}"
-                    for k, v in fsdp2_runs.CHECKPOINT_REASONED.items())
+                    for k, v in evidence.CHECKPOINT_REASONED.items())
         + "; **no** = resumes only on the rank count that saved it (another is refused); — = no FSDP2.",
         "",
         "ZeRO cells: **RUN** = trained here under that stage through `OptimTrainer` (2 CPU processes, gloo, "
         "torchrun; `tests/test_zero.py`) against one process on the same batches; **yes** = supported, not run "
         "here, reasoned from how it runs. Without brackets the library's own step runs on ZeRO's flat "
         "partitions (elementwise: equal to one process); in brackets: "
-        + "; ".join(f"`{k}` = {v}" for k, v in zero_runs.MATH.items() if k != "local") + ".",
+        + "; ".join(f"`{k}` = {v}" for k, v in evidence.ZERO_PATHS.items() if k != "local") + ".",
         "",
         "Every `*_layerwise` name: DDP as its whole-model name (each parameter is stepped from DDP's "
-        "communication hook once its gradient bucket is averaged; `optim_registry.layerwise_ddp`), no sharded "
+        "communication hook once its gradient bucket is averaged; `optim_registry.engines.layerwise.ddp`), no sharded "
         f"back-end ({_LAYERWISE_DISTRIBUTED}).",
         "",
     ]

@@ -30,8 +30,10 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any
 
-from . import zero
 from .distributed import Backend, check_distributed, deepspeed_config, detect_backend
+from .engines import zero
+from .engines.layerwise.twins import has_global_clip
+from .engines.zero import ZERO_KINDS
 from .optim_args import check_range, coerce, parse_options, shorten
 from .registry import load_builder, optimizers
 from .schedulers import check_scheduler_kwargs, schedulers, type_scheduler_kwargs
@@ -46,7 +48,6 @@ from .spec import (
     option_table,
     plain_name,
 )
-from .zero import ZERO_KINDS
 
 
 class IgnoredTargetModulesWarning(UserWarning):
@@ -494,13 +495,6 @@ def clipping_ways(name: str, max_grad_norm: float, has_global: bool) -> str:
     base = optimizers.get(name).base or name  # the record says which whole-model name it twins
     ways.append(f"the whole-model name optim={base!r}")
     return "; ".join(ways) + "; or max_grad_norm=0 to say no clipping is wanted"
-
-
-def has_global_clip(spec: OptimizerSpec) -> bool:
-    """Whether this layer-wise record offers ``clip=global`` (a base with its own ``clip`` key does not)."""
-    from .builtin import CLIP_GLOBAL
-
-    return spec.option_map.get("clip") == CLIP_GLOBAL
 
 
 def check_layerwise_clipping(spec: OptimizerSpec, args: Any, given: Mapping[str, Any]) -> float | None:

@@ -1,6 +1,6 @@
 """The registries of names: the generic ``Registry``, the optimizer one and ``register_optimizer``.
 
-Built-in records come from ``optim_registry.builtin`` (data only). Plugin names are read from
+Built-in records come from ``optim_registry.families`` (each family's ``records``: data only). Plugin names are read from
 entry-point metadata when the registry is first used (``optim_registry.plugins``); a plugin's code is
 imported only when its name is resolved. Names registered in code with ``register_optimizer`` sit beside
 both. The scheduler registry is ``optim_registry.schedulers.schedulers``.
@@ -289,7 +289,7 @@ class Registry(Generic[S]):
 
 # -- the optimizer names --------------------------------------------------------------------------------
 def _builtin_optimizers() -> list[OptimizerSpec]:
-    from .builtin import all_records
+    from .families import all_records
 
     return all_records()
 

@@ -5,7 +5,7 @@ or an ``LRScheduler`` subclass, declares its typed options, and says whether it 
 metrics. ``lr_scheduler_kwargs`` (a dict, a JSON string or ``"k=v,k=v"``) is typed against those
 options in ``optim_args.parse_options``, once, when the arguments are resolved (``plan.Plan.schedule_kwargs``);
 ``build.create_scheduler`` builds the scheduler. transformers' names point at transformers' own functions;
-every built-in record lives in ``builtin.schedulers``, the extra names' functions in ``schedule_functions``.
+every built-in record lives in ``schedules.records``, the extra names' functions in ``schedules.functions``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _call_check(check: Callable[..., None], kwargs: dict[str, Any], run: RunFact
 
 
 def _builtin_schedulers() -> list[SchedulerSpec]:
-    from .builtin.schedulers import RECORDS
+    from .schedules.records import RECORDS
 
     return list(RECORDS)
 
@@ -47,7 +47,7 @@ def spec_from_object(name: str, obj: Any, source: str, meta: dict[str, Any] | No
     """
     import torch
 
-    from .builtin.schedulers import LAST_EPOCH
+    from .schedules.records import LAST_EPOCH
     from .signature import signature_options
 
     meta = dict(meta or {})

@@ -154,6 +154,21 @@ ZERO_MATH = frozenset({"local", "views", "deepspeed_muon"})
 
 
 @dataclass(frozen=True)
+class Run:
+    """A distributed run of a name done here: the evidence behind a record's claim (``Distributed.fsdp2_run`` /
+    ``zero_run``).
+
+    ``optim_args`` is what the run trained with (``None``: the defaults). For ZeRO, ``measured`` is the largest
+    weight difference to one process on the same batches after 3 steps under ZeRO-1, 2 and 3, and ``note`` says
+    what the figure means where the plain number would mislead.
+    """
+
+    optim_args: str | None = None
+    measured: tuple[float, float, float] | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Distributed:
     """Which distributed back-ends a record supports (``True``, ``False`` or a reason string).
 
@@ -161,7 +176,7 @@ class Distributed:
     ``torch.distributed.fsdp.fully_shard`` with DTensor parameters, and ``fsdp2_math`` says how the
     update runs there: ``"local"`` on each rank's rows as they are (elementwise updates),
     ``"owner"`` the library's own step on whole tensors, each on one owner rank
-    (``optim_registry.sharded.OwnerStepped``; exact for any optimizer that updates each parameter from
+    (``optim_registry.engines.fsdp2.OwnerStepped``; exact for any optimizer that updates each parameter from
     its own gradient and state), ``"native"`` the optimizer shards its whole-matrix math itself.
 
     ``fsdp2_checkpoint`` says whether its FSDP2 state goes through ``torch.distributed.checkpoint``'s
@@ -169,11 +184,16 @@ class Distributed:
     changing training and resumes exactly on any number of ranks (``True``), or why not (a resume on
     another rank count is then refused with a ``ValueError``).
 
-    ``zero_math`` says how a supported ZeRO stage runs it (``optim_registry.zero``): ``"local"`` the
+    ``zero_math`` says how a supported ZeRO stage runs it (``optim_registry.engines.zero``): ``"local"`` the
     library's own step on ZeRO's flat fp32 partitions (elementwise updates), ``"views"`` the library's own step
     on per-tensor views of those partitions, each view with its whole tensor's decisions (state quantised in
-    blocks of each tensor: bitsandbytes 8-bit, torchao, FlashOptim; ``zero.ZeroViews``), ``"deepspeed_muon"``
+    blocks of each tensor: bitsandbytes 8-bit, torchao, FlashOptim; ``engines.zero.ZeroViews``), ``"deepspeed_muon"``
     DeepSpeed's own Muon (``deepspeed.runtime.zero.muon``), given the registry's groups and routing.
+
+    The evidence sits beside the claims: ``fsdp2_run`` / ``zero_run`` is the run done here (``tests/test_fsdp2.py``
+    and ``tests/test_fsdp2_checkpoints.py`` train and checkpoint every ``fsdp2_run``, ``tests/test_zero.py`` every
+    ``zero_run`` under each stage); a supported path without one is trusted by the reasoning of its path
+    (``engines.evidence``), or by ``zero_reasoned`` where this record's reasoning differs from its path's.
     """
 
     ddp: bool | str = True
@@ -185,22 +205,31 @@ class Distributed:
     fsdp2_math: str = "owner"
     fsdp2_checkpoint: bool | str = True
     zero_math: str = "local"
+    fsdp2_run: Run | None = None
+    zero_run: Run | None = None
+    zero_reasoned: str | None = None
 
     def __post_init__(self) -> None:
         if self.fsdp2_math not in FSDP2_MATH:
             raise ValueError(f"fsdp2_math={self.fsdp2_math!r} is not one of {sorted(FSDP2_MATH)}")
         if self.zero_math not in ZERO_MATH:
             raise ValueError(f"zero_math={self.zero_math!r} is not one of {sorted(ZERO_MATH)}")
+        if self.fsdp2_run is not None and self.fsdp2 is not True:
+            raise ValueError(f"an FSDP2 run is recorded, but FSDP2 is refused: {self.fsdp2!r}")
+        if self.zero_run is not None:
+            refused = [stage for stage in ("zero1", "zero2", "zero3") if getattr(self, stage) is not True]
+            if refused or self.zero_run.measured is None or len(self.zero_run.measured) != 3:
+                raise ValueError("a ZeRO run is recorded for every stage: all three supported, one figure each")
 
 
 @dataclass(frozen=True)
 class MatrixRouting:
     """Hybrid optimizers (Muon, Dion): hidden matrices get one algorithm, everything else AdamW.
 
-    The interpreter splits the groups itself (``param_groups.route_matrices``): matrix groups carry
+    The interpreter splits the groups itself (``param_groups.split_matrix_groups``): matrix groups carry
     ``flag=True`` and start at the rate in option ``lr_option``; the rest carry ``flag=False`` and the
-    learning rate. Options ``exclude`` / ``lora_to_adamw`` / ``expert_matrices`` and
-    ``weight_decay_option`` steer the routing when the record declares them.
+    learning rate. Each ``*_option`` names the record's option that steers one part of the routing (it must be
+    declared); ``None`` leaves that part at its default.
     """
 
     flag: str
@@ -212,6 +241,19 @@ class MatrixRouting:
     #: Options holding the AdamW side's rate / weight decay (``None``: the learning rate / weight decay).
     other_lr_option: str | None = None
     other_weight_decay_option: str | None = None
+    #: Option holding the regex that sends matching matrices to AdamW (``None``: ``embed|lm_head|wte|wpe|output``).
+    exclude_option: str | None = None
+    #: Options saying whether LoRA factors / MoE routers go to AdamW (``None``: they always do).
+    lora_option: str | None = None
+    router_option: str | None = None
+    #: Option saying whether 3-D expert stacks count as matrices, with ``experts`` (``None``: they do).
+    experts_option: str | None = None
+
+    def options(self) -> tuple[str, ...]:
+        """The record options this routing reads."""
+        named = (self.lr_option, self.weight_decay_option, self.other_lr_option, self.other_weight_decay_option,
+                 self.exclude_option, self.lora_option, self.router_option, self.experts_option)
+        return tuple(n for n in named if n is not None)
 
 
 @dataclass(frozen=True)
@@ -255,6 +297,10 @@ class OptimizerSpec:
     #: ``"module:function"`` called with the built optimizer (and each layer-wise inner optimizer) before
     #: its first step: fixes carried as optimizer hooks, so ``target`` can stay the library's own class.
     adapt: str | Callable[[Any], None] | None = None
+    #: ``"module:function"`` called once with ``(optimizer, model)`` after the build, before the first step: what
+    #: a library keeps per model rather than in the optimizer (bitsandbytes' 32-bit state for ``nn.Embedding``
+    #: weights, which ``embedding_32bit`` declares).
+    adapt_model: str | Callable[[Any, Any], None] | None = None
     needs_model: bool = False
     #: Uses ``optim_target_modules``: the matched Linear weights get ``target_options`` in their group.
     target_modules: bool = False
@@ -271,7 +317,7 @@ class OptimizerSpec:
     unsupported: str | None = None
     #: The optimizer warms the rate up itself (schedule-free): the Trainer's schedule gets no warm-up.
     owns_warmup: bool = False
-    #: Keep ``nn.Embedding`` state in 32 bits (8-bit bitsandbytes optimizers).
+    #: ``nn.Embedding`` state is kept in 32 bits (8-bit bitsandbytes optimizers; their ``adapt_model`` does it).
     embedding_32bit: bool = False
     #: Optimizer-state bytes per fp32 parameter, measured (see benchmarks/state_memory.py).
     state_bytes: float | None = None
@@ -299,6 +345,9 @@ class OptimizerSpec:
         unknown = set(self.hparams) - HPARAMS
         if unknown:
             raise ValueError(f"{self.name}: unknown hparams {sorted(unknown)}; use {sorted(HPARAMS)}")
+        undeclared = [o for o in (self.routing.options() if self.routing else ()) if o not in self.option_map]
+        if undeclared:
+            raise ValueError(f"{self.name}: its routing reads options {undeclared}, which it does not declare")
         object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
         object.__setattr__(self, "demo_options", MappingProxyType(dict(self.demo_options)))
 

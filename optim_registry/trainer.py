@@ -9,7 +9,6 @@ fused backward) while leaving the rest of the Trainer as it is.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,9 +17,12 @@ import transformers
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames as HFOptimizerNames
 
-from . import build, zero
+from . import build
 from .checkpoints import CheckpointMixin, unwrap_optimizer
+from .context import BuildContext, TrainerFacts
 from .distributed import check_distributed
+from .engines import zero
+from .engines.layerwise import trainer as layerwise
 from .plan import check_scheduler_args
 from .registry import optimizers
 from .runnable import check_training_args
@@ -158,11 +160,11 @@ class OptimRegistryMixin(CheckpointMixin):
     #: called on a Trainer, the same build with that Trainer's facts passed explicitly (see ``_TrainerBuild``).
     get_optimizer_cls_and_kwargs = _TrainerBuild()
 
-    def registry_facts(self, model: Any = None) -> build.TrainerFacts:
+    def registry_facts(self, model: Any = None) -> TrainerFacts:
         """What this Trainer knows beyond the arguments: its decay names (``get_decay_parameter_names``, which
         a subclass may override) and the run's length, when it is building inside ``create_optimizer_and_scheduler``."""
         decay = None if model is None else frozenset(self.get_decay_parameter_names(model))
-        return build.TrainerFacts(decay_names=decay, training_steps=self._registry_training_steps)
+        return TrainerFacts(decay_names=decay, training_steps=self._registry_training_steps)
 
     def _registry_cls_and_kwargs(self, args: Any, model: Any = None) -> tuple[Any, Any]:
         cls, kwargs, ctx = build.resolve(args, model, facts=self.registry_facts(model))
@@ -272,81 +274,39 @@ class OptimRegistryMixin(CheckpointMixin):
 
     # -- protocols --------------------------------------------------------------------------------
     def _install_protocols(self, optimizer: Any) -> None:
-        from .layerwise import LayerwiseOptimizer
-
-        if isinstance(optimizer, LayerwiseOptimizer):
-            owner = weakref.ref(self)
-
-            def should_step() -> bool:
-                # Only inside this Trainer's own training steps (a bare backward() afterwards, or another
-                # Trainer on the same model, must not move the weights), and only on the last
-                # micro-batch of an accumulation window.
-                trainer = owner()
-                return trainer is not None and trainer._registry_in_step and trainer.accelerator.sync_gradients
-
-            optimizer.should_step = should_step
+        layerwise.gate_to_trainer(optimizer, self)
 
     _registry_in_step = False
     _registry_training_steps: int | None = None
-    _registry_build: build.BuildContext | None = None
+    _registry_build: BuildContext | None = None
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
         self._registry_in_step = True
-        routed = False
         try:
+            inner = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
             # accelerate wraps the model in DDP after the optimizer exists: hook the layer-wise stepping into
             # DDP's all-reduce before the first backward.
-            attach_layerwise_ddp(self.optimizer, args[0] if args else kwargs.get("model"))
+            layerwise.attach_ddp(inner, args[0] if args else kwargs.get("model"))
             zero.attach(self.optimizer)  # under ZeRO: train()/eval() then reach the model's weights
-            routed = self._route_backward()
-            return super().training_step(*args, **kwargs)
+            with layerwise.backward_through(inner, self.accelerator):
+                return super().training_step(*args, **kwargs)
         finally:
             self._registry_in_step = False
-            if routed:
-                # Drop the instance attribute: the accelerator's own method shows through again.
-                vars(self.accelerator).pop("backward", None)
-
-    def _route_backward(self) -> bool:
-        """Sends this step's backward through a globally clipping layer-wise optimizer, if there is one.
-
-        Exact global clipping needs two backward passes (measure, then step), and the only seam between
-        the stock training step's loss and its backward is ``accelerator.backward``; it is wrapped for the
-        duration of this one training step.
-        """
-        from .layerwise import LayerwiseOptimizer
-
-        inner = unwrap_optimizer(self.optimizer) if self.optimizer is not None else None
-        if not (isinstance(inner, LayerwiseOptimizer) and inner.clips_globally):
-            return False
-        accelerator_backward = self.accelerator.backward
-
-        def backward(loss: Any, **kwargs: Any) -> None:
-            inner.backward(loss, accelerator_backward, **kwargs)
-
-        self.accelerator.backward = backward
-        return True
 
     def _clip_grad_norm(self, model: Any) -> Any:
-        from .layerwise import LayerwiseOptimizer
-
-        inner = unwrap_optimizer(self.optimizer)
         # Layer-wise gradients are gone by now (stepped in backward, clipped there if asked): report the
         # norm instead of clipping what is left.
-        if isinstance(inner, LayerwiseOptimizer):
-            return inner.grad_norm()
-        return super()._clip_grad_norm(model)
+        norm = layerwise.grad_norm(unwrap_optimizer(self.optimizer))
+        return super()._clip_grad_norm(model) if norm is None else norm
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
-        from .layerwise import LayerwiseOptimizer
-
         inner = unwrap_optimizer(self.optimizer)
         # Optimizers that update inside backward leave no .grad behind: they report the norm.
-        if isinstance(inner, LayerwiseOptimizer):
-            norm = inner.grad_norm()
-        elif callable(getattr(inner, "logged_grad_norm", None)):
+        norm = layerwise.grad_norm(inner)
+        if norm is None:
+            if not callable(getattr(inner, "logged_grad_norm", None)):
+                return super()._get_grad_norm(model, grad_norm=grad_norm)
             norm = inner.logged_grad_norm()
-        else:
-            return super()._get_grad_norm(model, grad_norm=grad_norm)
         return norm.item() if hasattr(norm, "item") else norm
 
     @contextlib.contextmanager
@@ -375,22 +335,6 @@ class OptimRegistryMixin(CheckpointMixin):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         with self._optimizer_eval_mode():
             super().save_model(output_dir, _internal_call)
-
-
-def attach_layerwise_ddp(optimizer: Any, model: Any) -> bool:
-    """If ``model`` is DDP-wrapped and the optimizer layer-wise, step it from DDP's communication hook.
-
-    Returns whether the optimizer is now attached; a no-op for every other combination.
-    """
-    from torch.nn.parallel import DistributedDataParallel
-
-    from .layerwise import LayerwiseOptimizer
-
-    inner = unwrap_optimizer(optimizer) if optimizer is not None else None
-    if not isinstance(inner, LayerwiseOptimizer) or not isinstance(model, DistributedDataParallel):
-        return False
-    inner.attach_ddp(model)
-    return True
 
 
 def _groups_differ(optimizer: Any) -> bool:

@@ -97,7 +97,7 @@ def main() -> None:
                 reference = f"{type(exc).__name__}: {exc}"
         if control == "shardwise":
             # The negative control: Newton-Schulz on each rank's rows, as a naive port would do.
-            import optim_registry.sharded as sharded
+            import optim_registry.engines.fsdp2 as sharded
 
             sharded.whole_matrix_map = lambda ts, fn, out_dtype=None: [fn(t.to_local()) for t in ts]
         # HSDP (a 2-D mesh: replicated x sharded) is a layout the registry's FSDP2 support refuses by name.

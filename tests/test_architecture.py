@@ -1,4 +1,5 @@
-"""The package's shape: an import graph without cycles, and listing names without torch."""
+"""The package's shape: an import graph without cycles (type-only imports included), and listing names without
+torch."""
 
 from __future__ import annotations
 
@@ -23,28 +24,11 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     return found
 
 
-def _is_type_checking(node: ast.AST) -> bool:
-    test = getattr(node, "test", None)
-    return isinstance(node, ast.If) and (
-        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-    )
-
-
 def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement, at top level and inside functions, except ``if TYPE_CHECKING:`` blocks
-    (never executed, so they cannot make an import cycle at run time)."""
-    out: list[ast.Import | ast.ImportFrom] = []
-    todo = [tree]
-    while todo:
-        node = todo.pop()
-        if _is_type_checking(node):
-            todo.extend(node.orelse)  # type: ignore[attr-defined]
-            continue
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            out.append(node)
-        todo.extend(ast.iter_child_nodes(node))
-    return out
+    """Every import statement: at top level, inside functions, and inside ``if TYPE_CHECKING:`` blocks (an import
+    made only for type checking still ties the modules together: a cycle through one is a cycle to a reader and to
+    a type checker)."""
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -95,11 +79,16 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_scan_sees_imports_inside_functions_and_relative_ones():
+def test_the_scan_sees_imports_inside_functions_relative_ones_and_type_only_ones():
     graph = import_graph()
-    # build imports the registry only inside spec_for, relatively: the scan must see it.
+    # relative imports at top level and inside functions
     assert "optim_registry.registry" in graph["optim_registry.build"]
     assert "optim_registry.deps" in graph["optim_registry.build"]
+    assert "optim_registry.engines.layerwise.factory" in graph["optim_registry.build"]
+    # an import made only for type checking (``if TYPE_CHECKING:``) counts
+    assert "optim_registry.plan" in graph["optim_registry.context"]
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .build import BuildContext\n"
+    assert [n.module for n in _imports(ast.parse(source))] == ["typing", "build"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -135,3 +124,79 @@ def test_cli_list_imports_no_torch():
         "assert 'adamw_torch' in buf.getvalue()"
     )
     assert "torch" not in _loaded_after(body)
+
+
+def test_the_layerwise_engine_is_pure_torch():
+    """``LayerwiseOptimizer`` imports nothing of the registry (its DDP hook aside); its factory and Trainer glue do."""
+    graph = import_graph()
+    assert graph["optim_registry.engines.layerwise.engine"] == {"optim_registry.engines.layerwise.ddp"}
+    assert graph["optim_registry.engines.layerwise.ddp"] == set()
+    assert "transformers" not in _loaded_after("from optim_registry.engines.layerwise.engine import LayerwiseOptimizer")
+
+
+# -- each family in one place ----------------------------------------------------------------------------------------
+
+FAMILIES_DIR = PACKAGE / "families"
+#: A family module that imports another family's, and why (anything else stays inside its own folder).
+CROSS_FAMILY = {
+    ("optim_registry.families.flashoptim.records", "optim_registry.families.torch.records"):
+        "FlashSGD takes torch SGD's momentum options, so it takes torch's nesterov check",
+    ("optim_registry.families.low_rank.optimizers", "optim_registry.families.bitsandbytes.builders"):
+        "GaLore's and Q-GaLore's 8-bit classes are bitsandbytes optimizers: its override handling applies to them",
+}
+
+
+def _dotted_paths(spec) -> dict[str, str]:
+    """The record's fields that name code by dotted path (``"module:attr"``)."""
+    fields = {key: getattr(spec, key) for key in ("target", "builder", "adapt", "adapt_model", "refresh")}
+    return {key: value for key, value in fields.items() if isinstance(value, str)}
+
+
+def test_every_family_is_one_folder_holding_its_records_and_the_code_they_name():
+    from optim_registry.families import FAMILIES, family
+
+    folders = sorted(p.name for p in FAMILIES_DIR.iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert folders == sorted(FAMILIES), "families/ holds exactly the folders FAMILIES lists"
+    names = set()
+    for name in FAMILIES:
+        assert (FAMILIES_DIR / name / "records.py").is_file(), name
+        found = family(name)
+        assert found.records and found.title and found.about, name
+        own = f"optim_registry.families.{name}."
+        for spec in found.records:
+            names.add(spec.name)
+            assert spec.family == name, (spec.name, spec.family)
+            for key, path in _dotted_paths(spec).items():
+                if path.startswith("optim_registry"):
+                    assert path.startswith(own), f"{spec.name}.{key} = {path!r} lies outside families/{name}/"
+    from optim_registry.registry import optimizers
+
+    twins = {s.name for s in optimizers.builtin().values() if s.layerwise and s.base in names}
+    assert names | twins == set(optimizers.builtin()), "every built-in name comes from one family's records"
+
+
+def test_family_knowledge_stays_in_the_families():
+    """The core reads the family list (``optim_registry.families``) and never imports a family's own modules: what a
+    family's code is, its records say by dotted path. Families import each other only where listed."""
+    graph = import_graph()
+    for module, edges in graph.items():
+        into = {e for e in edges if e.startswith("optim_registry.families.")}
+        if not module.startswith("optim_registry.families"):
+            assert not into, f"{module} imports family modules {sorted(into)}"
+            continue
+        if module == "optim_registry.families":
+            continue
+        mine = module.split(".")[2]
+        for edge in into:
+            if edge.split(".")[2] != mine:
+                assert (module, edge) in CROSS_FAMILY, f"{module} imports {edge}"
+    assert all(b in graph[a] for a, b in CROSS_FAMILY), "each listed cross-family import is still needed"
+
+
+def test_records_modules_import_no_torch():
+    """What listing reads: every family's records (and the layer-wise twins), without torch or any optimizer."""
+    from optim_registry.families import FAMILIES
+
+    body = "\n".join(f"import optim_registry.families.{name}.records" for name in FAMILIES)
+    body += "\nimport optim_registry.engines.layerwise.twins\nimport optim_registry.schedules.records"
+    assert _loaded_after(body) == []

@@ -56,11 +56,11 @@ def test_resolving_a_name_imports_only_that_family():
 
 
 def test_builtin_tables_are_sorted():
-    from optim_registry.builtin import FAMILIES
+    from optim_registry.families import FAMILIES
 
-    root = Path(optim_registry.__file__).parent / "builtin"
+    root = Path(optim_registry.__file__).parent / "families"
     for family in FAMILIES:
-        path = root / f"{family}.py"
+        path = root / family / "records.py"
         if not path.exists():
             continue
         tree = ast.parse(path.read_text())

@@ -57,7 +57,7 @@ def test_layerwise_is_refused_for_every_sharded_backend():
 
 
 def test_layerwise_accepted_under_ddp_at_arguments_creation(monkeypatch):
-    # Stepped from DDP's communication hook once each bucket is averaged (optim_registry.layerwise_ddp).
+    # Stepped from DDP's communication hook once each bucket is averaged (optim_registry.engines.layerwise.ddp).
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert check_distributed(optimizers.get("adamw_torch_layerwise"), Args()).kind == "ddp"
     with pytest.raises(ValueError, match=r"'lomo' does not support DDP.*before DDP has averaged"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from optim_registry import OptimTrainer, create_optimizer, get_optimizer_cls_and_kwargs
-from optim_registry.optimizers.muon import split_muon_params
+from optim_registry.families.beyond.muon import split_muon_params
 from optim_registry.testing import TokenDataset, check_optimizer, run, tiny_model
 from optim_registry.testing import arguments as args
 

@@ -257,7 +257,7 @@ def test_grokadamw_state_is_in_optimizer_state(tiny_model):
 
 def test_grokadamw_import_leaves_root_logger_alone():
     code = (
-        "import logging\nfrom optim_registry.families.misc import GrokAdamW\n"
+        "import logging\nfrom optim_registry.families.misc.optimizers import GrokAdamW\n"
         "root = logging.getLogger()\nprint(root.level, len(root.handlers), GrokAdamW.__mro__[2].__module__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

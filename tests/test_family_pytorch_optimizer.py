@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from optim_registry import create_optimizer, get_optimizer_cls_and_kwargs, list_optimizers
-from optim_registry.builtin.pytorch_optimizer import PREFIX, generated_records
-from optim_registry.builtin.pytorch_optimizer_catalog import CATALOG, LAYERWISE, SHARDING, STATUS
+from optim_registry.families.pytorch_optimizer.catalog import CATALOG, LAYERWISE, SHARDING, STATUS
+from optim_registry.families.pytorch_optimizer.records import PREFIX, generated_records
 from optim_registry.testing import TokenDataset, arguments, check_optimizer, tiny_model
 
 pytest.importorskip("pytorch_optimizer")

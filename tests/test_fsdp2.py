@@ -1,6 +1,6 @@
 """FSDP2 (fully_shard, DTensor parameters) on 2 CPU processes: every supported name trains as one process does.
 
-One torchrun launch trains every name of ``optim_registry.builtin.fsdp2_runs.RUN`` (see tests/fsdp2_worker.py)
+One torchrun launch trains every name whose record holds an FSDP2 run (``Distributed.fsdp2_run``; see tests/fsdp2_worker.py)
 and a shard-wise Muon as the negative control; the other tests check the decisions without processes.
 """
 
@@ -16,11 +16,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from optim_registry.builtin.fsdp2_runs import MATH, REASONED, REFUSED, RUN
 from optim_registry.distributed import check_distributed, detect_backend
+from optim_registry.engines.evidence import FSDP2_PATHS, FSDP2_REASONED, runs
 from optim_registry.registry import optimizers
+from optim_registry.spec import FSDP2_MATH
 
 WORKER = Path(__file__).with_name("fsdp2_worker.py")
+#: name -> optim_args of every name run under FSDP2 here: the records' own evidence.
+RUN = runs("fsdp2")
+#: Names the same launch checks are refused with a ValueError naming FSDP2.
+REFUSED = ("adamw_torch_layerwise", "lomo", "po_lamb")
 CONTROL = "muon@shardwise"
 #: Built through OptimTrainer.create_optimizer on the sharded model instead of create_optimizer.
 THROUGH_TRAINER = ["galore_adamw@trainer:rank=4,update_proj_gap=2", "muon@trainer"]
@@ -132,11 +137,11 @@ def test_every_record_supporting_fsdp2_was_run_or_is_reasoned():
         spec = optimizers.get(name)
         d = spec.distributed
         assert d.fsdp2 is True or (isinstance(d.fsdp2, str) and d.fsdp2), name
-        if d.fsdp2 is not True or name in RUN:
+        if d.fsdp2 is not True or d.fsdp2_run is not None:
             continue
         assert d.fsdp2_math == "owner", f"{name}: FSDP2 path {d.fsdp2_math!r} is claimed but was never run"
         unrun.setdefault(d.fsdp2_math, []).append(name)
-    assert set(unrun) <= set(REASONED) and set(MATH) == set(REASONED)
+    assert set(unrun) <= set(FSDP2_REASONED) and set(FSDP2_PATHS) == set(FSDP2_REASONED) == FSDP2_MATH
     for name in RUN:
         assert optimizers.get(name).distributed.fsdp2 is True, name
     for name in REFUSED:
@@ -206,7 +211,7 @@ def test_layerwise_and_lomo_refuse_fsdp2_up_front():
 def test_owner_assignment_balances_by_global_size():
     import torch
 
-    from optim_registry.sharded import Layout, assign_owners
+    from optim_registry.engines.fsdp2 import Layout, assign_owners
 
     shapes = [(64, 16), (16, 16), (16, 16), (32, 16), (32, 16), (16,)]
     layouts = [Layout(torch.Size(s), (0, 0), None, 0) for s in shapes]

@@ -1,7 +1,7 @@
 """FSDP2 checkpoints through accelerate's own save / load functions: saving changes nothing, resuming loses nothing.
 
 Three torchrun launches (tests/fsdp2_ckpt_worker.py, gloo, CPU, every rank on the same batch) cover every name of
-``optim_registry.builtin.fsdp2_runs.RUN``: 2 ranks save (sharded through ``torch.distributed.checkpoint`` and
+whose record holds an FSDP2 run (``Distributed.fsdp2_run``): 2 ranks save (sharded through ``torch.distributed.checkpoint`` and
 full through a rank-0 ``torch.save``) and resume; 3 ranks and 1 rank resume the 2-rank checkpoints. Each result
 is the largest difference over every rank's rows against the uninterrupted run on that rank count. The
 registry's manifest of those checkpoints is then checked here, in one process.
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from test_fsdp2 import _installed, _torchrun
 
-from optim_registry.builtin.fsdp2_runs import RUN
+from optim_registry.engines.evidence import runs
 from optim_registry.registry import optimizers
 
 WORKER = Path(__file__).with_name("fsdp2_ckpt_worker.py")
-NAMES = [f"{n}:{a}" if a else n for n, a in RUN.items()]
+NAMES = [f"{n}:{a}" if a else n for n, a in runs("fsdp2").items()]
 #: The negative control: one rank's file of a sharded optimizer checkpoint removed.
 DROPPED = ["galore_adamw@dropped:rank=4,update_proj_gap=2", "muon@dropped"]
 TOLERANCE = 1e-6

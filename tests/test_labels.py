@@ -19,7 +19,7 @@ PACKAGE = Path(optim_registry.__file__).parent
 
 #: Modules whose string matching is about other text; none of them walks a model's parameters.
 TEXT_MODULES = {
-    "builtin/pytorch_optimizer.py": "papers and group keys read out of pytorch_optimizer's docstrings and source",
+    "families/pytorch_optimizer/records.py": "papers and group keys read out of pytorch_optimizer's docstrings and source",
     "checkpoints.py": "checkpoint file and directory names, group setting keys",
     "docgen.py": "documentation text",
     "registry.py": "registered names and calling module names",
@@ -27,13 +27,13 @@ TEXT_MODULES = {
 }
 #: Modules (besides labels.py) that walk a model's parameters or modules, and why that selects nothing by name.
 WALKERS = {
-    "build.py": "bitsandbytes' 32-bit override registered per nn.Embedding module (by type)",
-    "families/lomo.py": "LOMO keys its own state by parameter name, for every trainable parameter",
-    "sharded.py": "FSDP2's DTensor parameters, by type",
+    "families/bitsandbytes/builders.py": "bitsandbytes' 32-bit override registered per nn.Embedding module (by type)",
+    "families/lomo/optimizers.py": "LOMO keys its own state by parameter name, for every trainable parameter",
+    "engines/fsdp2.py": "FSDP2's DTensor parameters, by type",
     "testing.py": "the harness compares every parameter before and after training",
 }
 #: Findings in a walking module that are about other text, exactly.
-WALKER_TEXT = {"sharded.py": {"name.startswith('_')"}}
+WALKER_TEXT = {"engines/fsdp2.py": {"name.startswith('_')"}}
 
 _MATCHERS = {"search", "match", "fullmatch"}
 _NAMEISH = re.compile(r"\b(n|parts?)\b|name")
@@ -165,7 +165,7 @@ def test_the_checkpoint_accepts_a_tied_tensor_under_any_of_its_names(tmp_path):
 def test_consumers_share_the_labels(tiny_model):
     """The decay split, Muon's routing and split_muon_params agree, because all read the same table."""
     from optim_registry import create_optimizer
-    from optim_registry.optimizers.muon import split_muon_params
+    from optim_registry.families.beyond.muon import split_muon_params
     from optim_registry.testing import arguments
 
     opt = create_optimizer(arguments("muon", weight_decay=0.1), tiny_model)

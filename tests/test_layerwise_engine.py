@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from optim_registry.layerwise import LayerwiseOptimizer
+from optim_registry.engines.layerwise.engine import LayerwiseOptimizer
 
 VOCAB = 64
 LR = 1e-2

@@ -13,8 +13,8 @@ import sys
 import pytest
 import torch
 
-import optim_registry.layerwise as layerwise
-from optim_registry.layerwise import LayerwiseOptimizer
+import optim_registry.engines.layerwise.engine as layerwise
+from optim_registry.engines.layerwise.engine import LayerwiseOptimizer
 
 
 def _model() -> torch.nn.Module:

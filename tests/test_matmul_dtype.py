@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch import nn
 
-from optim_registry.optimizers.dion import Dion
-from optim_registry.optimizers.muon import MuonWithAdamW, zeropower_via_newtonschulz
-from optim_registry.optimizers.precision import (
+from optim_registry.families.beyond.dion import Dion
+from optim_registry.families.beyond.muon import MuonWithAdamW, zeropower_via_newtonschulz
+from optim_registry.families.beyond.precision import (
     MATMUL_DTYPES,
     check_matmul_dtype,
     multiplies_natively,
@@ -66,9 +66,9 @@ def test_a_cpu_capped_below_bf16_picks_float32_in_muon_and_dion():
     """oneDNN capped at AVX2 (what an AVX2-only CPU gives): bfloat16 is emulated, so auto means float32."""
     code = (
         "import torch; from torch import nn\n"
-        "from optim_registry.optimizers.muon import MuonWithAdamW\n"
-        "from optim_registry.optimizers.dion import Dion\n"
-        "from optim_registry.optimizers.precision import resolve_matmul_dtype\n"
+        "from optim_registry.families.beyond.muon import MuonWithAdamW\n"
+        "from optim_registry.families.beyond.dion import Dion\n"
+        "from optim_registry.families.beyond.precision import resolve_matmul_dtype\n"
         "cpu = torch.device('cpu')\n"
         "m = MuonWithAdamW([{'params': [nn.Parameter(torch.randn(8, 4))], 'use_muon': True}])\n"
         "d = nn.Parameter(torch.randn(8, 4, dtype=torch.bfloat16))\n"
@@ -95,7 +95,7 @@ def test_matmul_dtype_values_are_checked_and_named():
 
 def test_the_records_offer_the_option_and_pass_it_through():
     from optim_registry import TrainingArguments, create_optimizer
-    from optim_registry.builtin.beyond import MATMUL_DTYPES as RECORD_CHOICES
+    from optim_registry.families.beyond.records import MATMUL_DTYPES as RECORD_CHOICES
     from optim_registry.registry import optimizers
     from optim_registry.testing import tiny_model
 

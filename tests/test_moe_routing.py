@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from optim_registry import create_optimizer
-from optim_registry.optimizers.muon import zeropower_via_newtonschulz
+from optim_registry.families.beyond.muon import zeropower_via_newtonschulz
 from optim_registry.testing import arguments
 
 COEFFS = (3.4445, -4.775, 2.0315)

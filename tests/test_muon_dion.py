@@ -10,8 +10,8 @@ import torch
 import transformers
 from torch import nn
 
-from optim_registry.optimizers.dion import Dion
-from optim_registry.optimizers.muon import MuonWithAdamW, split_muon_params
+from optim_registry.families.beyond.dion import Dion
+from optim_registry.families.beyond.muon import MuonWithAdamW, split_muon_params
 
 MATRIX_NAMES = (
     "q_proj",

@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
-from optim_registry.builtin import pytorch_optimizer as po
-from optim_registry.builtin.pytorch_optimizer_catalog import CATALOG, LIBRARY_VERSION
+from optim_registry.families.pytorch_optimizer import records as po
+from optim_registry.families.pytorch_optimizer.catalog import CATALOG, LIBRARY_VERSION
 from optim_registry.plan import parse_optim_args
 from optim_registry.registry import optimizers
 

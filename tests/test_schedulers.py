@@ -306,7 +306,7 @@ def test_unknown_keys_refused_when_training_starts(name, kwargs, message):
 
 def test_option_defaults_equal_signature_defaults():
     from optim_registry.deps import import_object
-    from optim_registry.schedule_functions import get_polynomial_schedule
+    from optim_registry.schedules.functions import get_polynomial_schedule
 
     # The function the options are passed to, where the record's target takes **kwargs.
     receives = {"greedy": "transformers.optimization:GreedyLR",
@@ -335,7 +335,7 @@ def test_option_defaults_equal_signature_defaults():
 @pytest.mark.parametrize("name, kwargs", [("polynomial", "lr_end=1e-4"), ("cosine_with_min_lr", "min_lr=1e-3"),
                                           ("rex", None), ("one_cycle", None)])
 def test_layerwise_optimizer_groups_follow_the_schedule(name, kwargs):
-    from optim_registry.layerwise import LayerwiseOptimizer
+    from optim_registry.engines.layerwise.engine import LayerwiseOptimizer
 
     a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
     layerwise = LayerwiseOptimizer([{"params": [a], "lr": LR}, {"params": [b], "lr": LR2}], torch.optim.SGD)

@@ -134,7 +134,7 @@ def test_clip_global_by_hand_matches_clip_grad_norm(route):
 def test_clip_global_by_hand_with_accumulation_clips_the_accumulated_gradient():
     ref_model, model = tiny_model(), tiny_model()
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.5)
-    from optim_registry.layerwise import LayerwiseOptimizer
+    from optim_registry.engines.layerwise.engine import LayerwiseOptimizer
 
     opt = LayerwiseOptimizer(model.parameters(), lambda g: torch.optim.SGD(g, lr=0.5), max_grad_norm=0.3)
     micro = _batches(4)
@@ -152,7 +152,7 @@ def test_clip_global_by_hand_with_accumulation_clips_the_accumulated_gradient():
 
 
 def test_layerwise_optimizer_refuses_bad_global_clip_arguments():
-    from optim_registry.layerwise import LayerwiseOptimizer
+    from optim_registry.engines.layerwise.engine import LayerwiseOptimizer
 
     model = tiny_model()
     hooks_before = sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters())

@@ -304,7 +304,7 @@ def test_metric_driven_warmup_in_a_trainer_run(tmp_path, optim, sched):
 
 
 def test_schedule_functions_called_directly_refuse_what_would_divide_by_zero_mid_run():
-    from optim_registry.schedule_functions import get_multistep_schedule, get_polynomial_schedule, get_step_schedule
+    from optim_registry.schedules.functions import get_multistep_schedule, get_polynomial_schedule, get_step_schedule
 
     with pytest.raises(ValueError, match=r"power=-1 is out of range \(key 'power', valid range > 0"):
         get_polynomial_schedule(sgd(), 0, N, power=-1)

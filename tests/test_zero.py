@@ -20,10 +20,16 @@ if importlib.util.find_spec("deepspeed") is None:  # the dev extras install it
 import torch  # noqa: E402
 from zero_worker import launch, model_for, one_process_record, parse  # noqa: E402
 
-from optim_registry.builtin.zero_runs import MUON, REASONED, REFUSED, RUN  # noqa: E402
+from optim_registry.engines.evidence import ZERO_PATHS, ZERO_REASONED, runs  # noqa: E402
+from optim_registry.families.beyond.records import MUON_UNDER_ZERO as MUON  # noqa: E402
 from optim_registry.registry import optimizers  # noqa: E402
+from optim_registry.spec import ZERO_MATH  # noqa: E402
 
 STAGES = (1, 2, 3)
+#: name -> optim_args of every name run under ZeRO here: the records' own evidence (``Distributed.zero_run``).
+RUN = runs("zero")
+#: Names the same launches check are refused with a ValueError naming the stage and the way out.
+REFUSED = ("adafactor", "adamw_torch_layerwise", "apollo_adamw", "dion", "galore_adamw")
 #: Elementwise names end this close to one process (measured: 7.7e-7 at most, ZeRO-3's gradient reduction
 #: rounding the last bit differently; ZeRO-1/2 1.2e-7, the clipping norm's last bit); AdamW with beta2=0.99 instead
 #: of 0.999 ends 1.2e-4 away, schedule-free counting its steps per ZeRO-3 sub-group 1.1e-2, SGD 3e-2.
@@ -228,7 +234,7 @@ def test_an_offloaded_optimizer_is_the_one_asked_for(zero_runs, one_process, sta
 
 
 def test_a_split_tensor_is_cut_at_its_own_block_boundaries():
-    from optim_registry.zero import Piece, split_piece
+    from optim_registry.engines.zero import Piece, split_piece
 
     def cut(start, length, numel=8320):
         return split_piece(Piece(0, length, start, numel, None), 256)
@@ -312,7 +318,8 @@ def test_muon_refusals_name_the_conflict_and_the_way_out(zero_runs):
 
 
 def test_muon_rules_deepspeed_cannot_follow_are_refused_when_built():
-    from optim_registry import build, zero
+    from optim_registry import build
+    from optim_registry.engines import zero
     from optim_registry.testing import arguments, tiny_model
 
     model = tiny_model()
@@ -419,8 +426,11 @@ def test_every_zero_claim_was_run_or_is_reasoned():
         for stage in STAGES:
             verdict = getattr(d, f"zero{stage}")
             assert verdict is True or (isinstance(verdict, str) and verdict), (name, stage)
-            if verdict is True and name not in RUN:
-                assert d.zero_math in REASONED, f"{name}: ZeRO path {d.zero_math!r} is claimed but was never run"
+            if verdict is True and d.zero_run is None:
+                assert d.zero_reasoned or d.zero_math in ZERO_REASONED, (
+                    f"{name}: ZeRO path {d.zero_math!r} is claimed but was never run"
+                )
+    assert set(ZERO_PATHS) == ZERO_MATH
     for name in RUN:
         assert all(getattr(optimizers.get(name).distributed, f"zero{s}") is True for s in STAGES), name
     for name in REFUSED:

@@ -1,4 +1,4 @@
-"""Generate ``optim_registry/builtin/pytorch_optimizer_catalog.py`` from the installed pytorch_optimizer.
+"""Generate ``optim_registry/families/pytorch_optimizer/catalog.py`` from the installed pytorch_optimizer.
 
 The catalogue is data the registry ships so that listing names never imports pytorch_optimizer. Two parts:
 
@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from optim_registry.builtin.pytorch_optimizer import (  # noqa: E402  (after the checkout is on the path)
+from optim_registry.families.pytorch_optimizer.records import (  # noqa: E402  (after the checkout is on the path)
     FROZEN_BY_DESIGN,
     PROTOCOL_LIMITS,
     SHARDING_LIMITS,
@@ -43,7 +43,7 @@ from optim_registry.builtin.pytorch_optimizer import (  # noqa: E402  (after the
     describe,
 )
 
-OUT = ROOT / "optim_registry" / "builtin" / "pytorch_optimizer_catalog.py"
+OUT = ROOT / "optim_registry" / "families" / "pytorch_optimizer" / "catalog.py"
 
 #: Steps of the second survey run for names whose weights did not all move in the first four.
 LONG_RUN = 32
@@ -70,9 +70,9 @@ def survey_one(name: str) -> dict[str, Any]:
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from optim_registry.builtin import layerwise_variant
-    from optim_registry.builtin.pytorch_optimizer import PREFIX, record
-    from optim_registry.builtin.pytorch_optimizer_catalog import CATALOG
+    from optim_registry.engines.layerwise.twins import layerwise_variant
+    from optim_registry.families.pytorch_optimizer.catalog import CATALOG
+    from optim_registry.families.pytorch_optimizer.records import PREFIX, record
     from optim_registry.registry import register_optimizer
     from optim_registry.testing import check_optimizer
 
@@ -169,7 +169,7 @@ def _reason(base: str, result: dict[str, Any]) -> str:
 
 def outcomes(results: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     """``(status, layerwise)`` for every base name (and twin) present in raw survey ``results``."""
-    from optim_registry.builtin.pytorch_optimizer import PREFIX
+    from optim_registry.families.pytorch_optimizer.records import PREFIX
 
     status, layerwise = {}, {}
     for key, result in results.items():
@@ -183,7 +183,7 @@ def outcomes(results: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
 
 def survey(names: list[str], jobs: int, timeout: float) -> dict[str, Any]:
     """Raw results for ``po_<name>`` of every name, then for the layer-wise twins of those that passed."""
-    from optim_registry.builtin.pytorch_optimizer import PREFIX, supports_layerwise
+    from optim_registry.families.pytorch_optimizer.records import PREFIX, supports_layerwise
 
     results = _survey_names([PREFIX + n for n in names], jobs, timeout)
     status, _ = outcomes(results)
@@ -203,7 +203,7 @@ def shard_safe(name: str, entry: dict[str, Any], steps: int = 12) -> str:
     import torch
     from pytorch_optimizer import load_optimizer
 
-    from optim_registry.builtin.pytorch_optimizer import FIELDS
+    from optim_registry.families.pytorch_optimizer.records import FIELDS
 
     if name in SHARDING_LIMITS:
         return SHARDING_LIMITS[name]
@@ -323,7 +323,7 @@ def render(catalog: dict[str, dict[str, Any]], status: dict[str, str], layerwise
 def _existing() -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     try:
         sys.path.insert(0, str(ROOT))
-        from optim_registry.builtin import pytorch_optimizer_catalog as old
+        from optim_registry.families.pytorch_optimizer import catalog as old
 
         return dict(old.STATUS), dict(old.LAYERWISE), dict(getattr(old, "SHARDING", {}))
     except Exception:  # first run

@@ -1,0 +1,1 @@
+"""The flashoptim family: FlashOptim's quantised optimizers (records.py; builders.py)."""

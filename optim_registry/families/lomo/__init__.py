@@ -1,0 +1,1 @@
+"""The lomo family: LOMO and AdaLomo, updated inside backward (records.py; optimizers.py: subclasses, builder)."""

@@ -1,0 +1,1 @@
+"""The optimi family: torch-optimi's optimizers (records.py; builders.py)."""

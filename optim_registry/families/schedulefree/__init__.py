@@ -1,0 +1,1 @@
+"""The schedulefree family: schedule-free AdamW, RAdam and SGD (records.py; builders.py)."""

@@ -1,1 +1,0 @@
-"""Optimizer implementations that ship with optim_registry."""
