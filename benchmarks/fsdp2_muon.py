@@ -93,7 +93,7 @@ def _ns_flops(shape: Any) -> int:
 
 def _planned_share(optimizer: Any, world: int) -> list[float]:
     """Each rank's share of the Newton-Schulz work under the owner assignment the sharded Muon uses."""
-    from optim_registry.sharded import assign_owners, layout_of
+    from optim_registry.engines.fsdp2 import assign_owners, layout_of
 
     matrices = [p for g in optimizer.param_groups if g.get("use_muon") for p in g["params"]]
     layouts = [layout_of(p) for p in matrices]

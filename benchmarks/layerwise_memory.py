@@ -57,16 +57,16 @@ def worker(side: str, name: str, config: dict[str, Any], steps: int, seq_len: in
     import tempfile
     import time
 
-    import optim_registry.layerwise
     import torch
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
     import optim_registry
+    import optim_registry.engines.layerwise.engine
     from optim_registry.testing import TokenDataset
 
     if trim_mib is not None:  # --trim-every-mib: the engine's hand-back of freed gradient memory (0: off)
-        optim_registry.layerwise.TRIM_EVERY_BYTES = int(trim_mib * 2**20) or None
+        optim_registry.engines.layerwise.engine.TRIM_EVERY_BYTES = int(trim_mib * 2**20) or None
 
     class StepClock(transformers.TrainerCallback):
         """CPU seconds of each training step (process time: less sensitive to other processes than wall time)."""
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--names", default=None,
                    help="only the runs of these optim names, comma-separated (default: all five runs)")
     p.add_argument("--trim-every-mib", type=float, default=None,
-                   help="set optim_registry.layerwise.TRIM_EVERY_BYTES in every run (0: never hand freed gradient "
+                   help="set optim_registry.engines.layerwise.engine.TRIM_EVERY_BYTES in every run (0: never hand freed gradient "
                         "memory back; default: the engine's own setting), to measure what the hand-back costs")
     a = p.parse_args(argv)
     runs = [run for run in RUNS if a.names is None or run[1] in {n.strip() for n in a.names.split(",")}]

@@ -146,7 +146,8 @@ def one_process_record(case: str, out: str, deepspeed_muon: bool = False, dynamo
     Newton-Schulz itself on 2-D weights when no ZeRO optimizer is around. Muon runs unclipped (as under ZeRO).
     ``dynamo``: leave ``torch.compile`` on (torchao compiles its step; DeepSpeed's Muon would take minutes).
     """
-    from optim_registry import OptimTrainer, build, zero
+    from optim_registry import OptimTrainer, build
+    from optim_registry.engines import zero
 
     name, optim_args, variant = parse(case)
     if name == "muon":
@@ -167,7 +168,8 @@ def one_process_record(case: str, out: str, deepspeed_muon: bool = False, dynamo
 def run_case(case: str, out: str, stage: int, world: int) -> dict[str, Any]:
     import transformers
 
-    from optim_registry import OptimTrainer, zero
+    from optim_registry import OptimTrainer
+    from optim_registry.engines import zero
 
     kind = case.partition("/")[0]
     folder = os.path.join(out, case.replace("/", "_"))
