@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun import torchrun
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -25,12 +22,6 @@ FAMILY_NAMES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _available(names: list[str]) -> list[str]:
     from optim_registry.registry import optimizers
 
@@ -41,11 +32,7 @@ def _available(names: list[str]) -> list[str]:
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     names = _available(NAMES + FAMILY_NAMES)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(WORKER), str(out), *names]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(WORKER, [str(out), *names], scratch=out)
     return out, names
 
 

@@ -7,14 +7,11 @@ and a shard-wise Muon as the negative control; the other tests check the decisio
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from torchrun import torchrun
 
 from optim_registry.distributed import check_distributed, detect_backend
 from optim_registry.engines.evidence import FSDP2_PATHS, FSDP2_REASONED, runs
@@ -36,12 +33,6 @@ MATMUL_DTYPES = ["muon@fp32:matmul_dtype=float32", "muon@bf16:matmul_dtype=bfloa
 SPECS = [f"{n}:{a}" if a else n for n, a in RUN.items()] + list(REFUSED)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _installed(item: str) -> bool:
     from optim_registry import deps
 
@@ -51,13 +42,9 @@ def _installed(item: str) -> bool:
     return not deps.missing(optimizers.get(name).requires)
 
 
-def _torchrun(worker: Path, out: Path, items: list[str], nproc: int = 2) -> dict:
+def _torchrun(worker: Path, out: Path, items: list[str], nproc: int = 2, scratch: Path | None = None) -> dict:
     """One ``nproc``-process torchrun launch of ``worker`` over ``items``; the JSON results it writes to ``out``."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(out), *items]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(worker, [str(out), *items], nproc=nproc, scratch=scratch)
     return json.loads(out.read_text())
 
 

@@ -31,7 +31,8 @@ def launches(tmp_path_factory):
     """``({world: results}, checkpoint root, names run)``: the 2-rank save, then the 3- and 1-rank resumes."""
     root = tmp_path_factory.mktemp("fsdp2_ckpt")
     items = [s for s in NAMES if _installed(s)]
-    results = {2: _torchrun(WORKER, root / "save.json", [str(root / "ckpt"), "save", *items, *DROPPED])}
+    results = {2: _torchrun(WORKER, root / "save.json", [str(root / "ckpt"), "save", *items, *DROPPED],
+                            scratch=root / "ckpt")}
     for world in (3, 1):
         results[world] = _torchrun(WORKER, root / f"load{world}.json", [str(root / "ckpt"), "load", *items],
                                    nproc=world)

@@ -292,22 +292,16 @@ def launch(out: str, stage: int, cases: list[str], timeout: float = 900,
 
     ``dynamo``: leave ``torch.compile`` on (torchao's names need it; DeepSpeed's Muon then compiles for minutes).
     """
-    import socket
-    import subprocess
     from pathlib import Path
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    here = Path(__file__).resolve()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here.parents[1])}
-    if not dynamo:  # DeepSpeed's Muon is wrapped in torch.compile: minutes of compiling on the CPU, for nothing here
-        env["TORCHDYNAMO_DISABLE"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(here), out, str(stage), *cases]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the ZeRO-{stage} launch failed:\n{proc.stderr[-4000:]}")
+    from torchrun import torchrun
+
+    # DeepSpeed's Muon is wrapped in torch.compile: minutes of compiling on the CPU, for nothing here
+    env = {} if dynamo else {"TORCHDYNAMO_DISABLE": "1"}
+    try:
+        torchrun(Path(__file__).resolve(), [out, str(stage), *cases], env=env, timeout=timeout, scratch=out)
+    except RuntimeError as exc:
+        raise RuntimeError(f"the ZeRO-{stage} launch failed: {exc}") from None
     folder = Path(out) / "results"
     return {c: [torch.load(folder / c.replace("/", "_") / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
             for c in cases}
