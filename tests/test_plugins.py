@@ -55,13 +55,29 @@ def uninstall(env, dist: str) -> None:
     shutil.rmtree(env["installed"].pop(dist))
 
 
-def run_py(env, code: str, **extra_env: str) -> subprocess.CompletedProcess:
+def _environ(env, extra_env: dict[str, str]) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("OPTIM_REGISTRY_")}
     environ.update(extra_env)
     # This checkout first (whether or not it is installed), then every installed plugin distribution.
     environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, env["installed"].values())])
+    return environ
+
+
+def run_py(env, code: str, **extra_env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=environ, cwd=str(env["root"]))
+                          env=_environ(env, extra_env), cwd=str(env["root"]))
+
+
+def run_py_at_once(env, code: str, *extra_envs: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """``run_py`` once per environment, the processes side by side (each is a fresh interpreter of its own)."""
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_environ(env, extra), cwd=str(env["root"]))
+             for extra in extra_envs]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -162,12 +178,11 @@ def test_plugin_cannot_shadow_a_builtin_by_accident(env):
             print(get_optimizer_cls_and_kwargs(a)[0].__name__)
         """
         # The built-in keeps working; the plugin's entry is refused, with a warning naming it.
-        refused = run_py(env, code)
+        refused, allowed, killed = run_py_at_once(env, code, {}, {"OPTIM_REGISTRY_ALLOW_OVERRIDE": "sgd"},
+                                                  {"OPTIM_REGISTRY_DISABLE_PLUGINS": "1"})
         assert ok(refused).strip().endswith("SGD")
         assert "shadow-plugin" in refused.stderr and "refusing to replace it silently" in refused.stderr
-        allowed = run_py(env, code, OPTIM_REGISTRY_ALLOW_OVERRIDE="sgd")
         assert ok(allowed).strip().endswith("Adam")
-        killed = run_py(env, code, OPTIM_REGISTRY_DISABLE_PLUGINS="1")
         assert ok(killed).strip().endswith("SGD")
     finally:
         uninstall(env, "shadow-plugin")
