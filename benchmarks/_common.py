@@ -236,3 +236,50 @@ def step_clock() -> Any:
             self.stamps.append(time.perf_counter())
 
     return StepClock()
+
+
+# -- worker processes ------------------------------------------------------------------------------------------
+#: The line a worker process prints its JSON result after (stdout may hold library chatter too).
+RESULT = "@@RESULT@@"
+
+
+def emit(result: Any) -> None:
+    """Print ``result`` as a worker's result line (see ``read_result``)."""
+    print(RESULT + json.dumps(result), flush=True)
+
+
+def read_result(stdout: str) -> Any | None:
+    """The JSON a worker printed with ``emit``; None when it printed none."""
+    line = next((x for x in stdout.splitlines() if x.startswith(RESULT)), None)
+    return None if line is None else json.loads(line[len(RESULT):])
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the checkout first on ``PYTHONPATH``, plus ``extra``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(extra)
+    return env
+
+
+def torchrun_worker(script: str, job: dict[str, Any], nproc: int, env: dict[str, str],
+                    tail_lines: int = 15) -> tuple[Any | None, str, list[str]]:
+    """Run ``script --worker JSON(job)`` on ``nproc`` local ranks (torchrun) with ``env``.
+
+    Returns ``(result, "", [])`` with what rank 0 ``emit``-ted, or ``(None, "exit N: <last stderr line>", <the
+    last tail_lines lines of stderr>)`` when the launch failed or printed no result.
+    """
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(port), script, "--worker", json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO), timeout=3600)
+    result = read_result(proc.stdout)
+    if proc.returncode == 0 and result is not None:
+        return result, "", []
+    tail = proc.stderr.strip().splitlines()[-tail_lines:]
+    return None, f"exit {proc.returncode}: {tail[-1] if tail else ''}", tail

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -144,15 +142,9 @@ def worker(job: dict[str, Any]) -> None:
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, rows)
     if rank == 0:
-        print("@@RESULT@@" + json.dumps([r for part in gathered for r in part]), flush=True)
+        C.emit([r for part in gathered for r in part])
     dist.barrier()
     dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -172,26 +164,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.repeat, a.seq_len = 1, 8
     before = C.machine()
     scratch = tempfile.mkdtemp(prefix="fsdp2_ckpt_cost-")
-    job = json.dumps({"config": config, "repeat": a.repeat, "seq_len": a.seq_len, "optims": optims,
-                      "scratch": scratch})
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(C.REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), __file__, "--worker", job]
+    job = {"config": config, "repeat": a.repeat, "seq_len": a.seq_len, "optims": optims, "scratch": scratch}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(C.REPO), timeout=3600)
+        per_rank, error, tail = C.torchrun_worker(__file__, job, a.nproc, C.worker_env(OMP_NUM_THREADS="1"))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")), None)
     settings = {"config": config, "repeat": a.repeat, "seq_len": a.seq_len, "nproc": a.nproc, "optims": optims,
                 "quick": a.quick}
-    if proc.returncode != 0 or line is None:
-        tail = proc.stderr.strip().splitlines()[-15:]
-        rows = [{"optim": None, "error": f"exit {proc.returncode}: {tail[-1] if tail else ''}", "stderr_tail": tail}]
+    if per_rank is None:
+        rows = [{"optim": None, "error": error, "stderr_tail": tail}]
         return C.finish("fsdp2_checkpoint_cost", a.out, machine_before=before, rows=rows,
                         notes=["the launch failed"], settings=settings)
-    per_rank = json.loads(line[len("@@RESULT@@"):])
     rows = []
     for name in dict.fromkeys(r["optim"] for r in per_rank):
         ranks = [r for r in per_rank if r["optim"] == name]

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from typing import Any
@@ -179,15 +177,9 @@ def worker(job: dict[str, Any]) -> None:
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, rows)
     if rank == 0:
-        print("@@RESULT@@" + json.dumps([r for part in gathered for r in part]), flush=True)
+        C.emit([r for part in gathered for r in part])
     dist.barrier()
     dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -205,21 +197,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.quick:
         a.repeat, a.seq_len = 1, 8
     before = C.machine()
-    job = json.dumps({"config": config, "repeat": a.repeat, "seq_len": a.seq_len, "matmul_dtype": a.matmul_dtype})
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(C.REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), __file__, "--worker", job]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(C.REPO), timeout=3600)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")), None)
-    if proc.returncode != 0 or line is None:
-        tail = proc.stderr.strip().splitlines()[-15:]
+    job = {"config": config, "repeat": a.repeat, "seq_len": a.seq_len, "matmul_dtype": a.matmul_dtype}
+    rows, error, tail = C.torchrun_worker(__file__, job, a.nproc, C.worker_env(OMP_NUM_THREADS="1"))
+    if rows is None:
         rows = [{"run": "fsdp2_muon", "optim": "muon", "rank": None, "step_ms": None, "bytes_per_step": None,
-                 "error": f"exit {proc.returncode}: {tail[-1] if tail else ''}", "stderr_tail": tail}]
+                 "error": error, "stderr_tail": tail}]
         return C.finish("fsdp2_muon", a.out, machine_before=before, rows=rows, notes=["the launch failed"],
                         settings={"config": config, "quick": a.quick})
-    rows = json.loads(line[len("@@RESULT@@"):])
     params = rows[0]["params"]
 
     def slowest(run: str) -> float | None:

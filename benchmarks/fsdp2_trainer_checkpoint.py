@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -108,13 +106,7 @@ def worker(job: dict[str, Any]) -> None:
                 shutil.rmtree(out, ignore_errors=True)
             rows.append(row)
     if dist.get_rank() == 0:
-        print("@@RESULT@@" + json.dumps(rows), flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        C.emit(rows)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -140,24 +132,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scratch = tempfile.mkdtemp(prefix="fsdp2_trainer_ckpt-")
     job = {"optims": a.optims.split(","), "state_dict_types": list(STATE_DICT_TYPES), "steps": a.steps,
            "save_every": a.save_every, "hidden": a.hidden, "scratch": scratch}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(C.REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as use_deterministic_algorithms wants
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), __file__, "--worker", json.dumps(job)]
+    # deterministic cuBLAS, as use_deterministic_algorithms wants
+    env = C.worker_env(CUBLAS_WORKSPACE_CONFIG=os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8"))
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(C.REPO), timeout=3600)
+        rows, error, tail = C.torchrun_worker(__file__, job, gpus, env, tail_lines=20)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")), None)
     settings = {k: v for k, v in job.items() if k != "scratch"}
-    if proc.returncode != 0 or line is None:
-        tail = proc.stderr.strip().splitlines()[-20:]
-        rows = [{"optim": None, "error": f"exit {proc.returncode}: {tail[-1] if tail else ''}", "stderr_tail": tail}]
+    if rows is None:
+        rows = [{"optim": None, "error": error, "stderr_tail": tail}]
         print("\n".join(tail), file=sys.stderr)
         return C.finish("fsdp2_trainer_checkpoint", a.out, machine_before=before, rows=rows,
                         notes=["the launch failed"], settings=settings, timing=False)
-    rows = json.loads(line[len("@@RESULT@@"):])
     print(C.table(rows, [("optim", "optim", ""), ("state_dict_type", "state_dict_type", ""), ("gpus", "GPUs", ""),
                          ("optimizer_class", "optimizer", ""), ("resume_max_diff", "resumed vs uninterrupted", ".2e"),
                          ("exact", "exact", ""), ("manifest", "manifest", ""), ("torn", "torn", ""),

@@ -12,7 +12,6 @@ the slowest modules from one ``python -X importtime`` run.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -62,7 +61,7 @@ _t0 = time.perf_counter()
 {timed}
 _t1 = time.perf_counter()
 _new = set(sys.modules) - _before
-print("@@RESULT@@" + json.dumps({{
+print({marker!r} + json.dumps({{
     "seconds": _t1 - _t0,
     "modules_new": len(_new),
     "modules_total": len(sys.modules),
@@ -77,8 +76,7 @@ NO_BYTECODE_ENV = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(C.REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env = C.worker_env()
     # An installed package has its .pyc files (pip compiles on install), as torch and transformers do here;
     # without them every fresh process recompiles the checkout's sources, which is not what a user pays.
     # The untimed first pass writes them (__pycache__ is ignored by git).
@@ -87,14 +85,13 @@ def _env() -> dict[str, str]:
 
 
 def run_case(setup: str, timed: str, importtime: bool = False) -> dict[str, Any]:
-    code = _PROBE.format(setup=setup, timed=timed, heavy=HEAVY)
+    code = _PROBE.format(setup=setup, timed=timed, heavy=HEAVY, marker=C.RESULT)
     cmd = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", code]
     with C.Timer() as t:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(C.REPO), env=_env(), timeout=600)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")), None)
-    if proc.returncode != 0 or line is None:
+    result = C.read_result(proc.stdout)
+    if proc.returncode != 0 or result is None:
         raise RuntimeError(f"case failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-    result = json.loads(line[len("@@RESULT@@"):])
     result["process_s"] = t.seconds
     if importtime:
         result["slowest_imports"] = slowest_imports(proc.stderr)

@@ -121,19 +121,17 @@ def spawn(side: str, name: str, config: dict[str, Any], steps: int, seq_len: int
           trim_mib: float | None = None) -> subprocess.Popen:
     spec = json.dumps({"side": side, "name": name, "config": config, "steps": steps, "seq_len": seq_len,
                        "batch": batch, "trim_mib": trim_mib})
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(C.REPO), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.Popen([sys.executable, __file__, "--worker", spec], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=str(C.REPO), env=env)
+                            stderr=subprocess.PIPE, text=True, cwd=str(C.REPO), env=C.worker_env())
 
 
 def collect(proc: subprocess.Popen, side: str) -> dict[str, Any]:
     stdout, stderr = proc.communicate(timeout=1800)
-    line = next((x for x in stdout.splitlines() if x.startswith("@@RESULT@@")), None)
-    if proc.returncode != 0 or line is None:
+    result = C.read_result(stdout)
+    if proc.returncode != 0 or result is None:
         lines = stderr.strip().splitlines() or [""]
         return {"side": side, "error": f"exit {proc.returncode}: {lines[-1][:300]}", "stderr_tail": lines[-15:]}
-    return json.loads(line[len("@@RESULT@@"):])
+    return result
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         job = json.loads(sys.argv[2])
         result = worker(job["side"], job["name"], job["config"], job["steps"], job["seq_len"], job["batch"],
                         job.get("trim_mib"))
-        print("@@RESULT@@" + json.dumps(result), flush=True)
+        C.emit(result)
         return result
 
     p = C.parser("layerwise_memory", __doc__.splitlines()[0])

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from typing import Any
@@ -93,28 +91,7 @@ def worker(job: dict[str, Any]) -> None:
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, rows)
     if rank == 0:
-        print("@@RESULT@@" + json.dumps([r for part in gathered for r in part]), flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(job: dict[str, Any], nproc: int) -> tuple[list[dict[str, Any]] | None, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(C.REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["OMP_NUM_THREADS"] = "1"
-    env["TORCHDYNAMO_DISABLE"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), __file__, "--worker", json.dumps(job)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(C.REPO), timeout=3600)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("@@RESULT@@")), None)
-    if proc.returncode != 0 or line is None:
-        tail = proc.stderr.strip().splitlines()[-15:]
-        return None, f"exit {proc.returncode}: {tail[-1] if tail else ''}"
-    return json.loads(line[len("@@RESULT@@"):]), ""
+        C.emit([r for part in gathered for r in part])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -137,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for backend in ("ddp", "zero2"):
         job = {"backend": backend, "config": config, "repeat": a.repeat, "warmup": a.warmup, "batch": a.batch,
                "seq_len": a.seq_len}
-        got, error = _launch(job, a.nproc)
+        got, error, _ = C.torchrun_worker(__file__, job, a.nproc,
+                                          C.worker_env(OMP_NUM_THREADS="1", TORCHDYNAMO_DISABLE="1"))
         if got is None:
             rows += [{"backend": backend, "optim": n, "rank": None, "step_ms": None, "error": error} for n in NAMES]
             notes.append(f"the {backend} launch failed: {error}")
