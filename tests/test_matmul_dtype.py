@@ -7,7 +7,6 @@ bfloat16 one; the bfloat16 path stays torch.optim.Muon's bit for bit (tests/test
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_muon_dion import _reference_dion_step  # Algorithm 1 in float64, written out plainly
 from torch import nn
 
 from optim_registry.families.beyond.dion import Dion
@@ -166,21 +166,6 @@ def test_muon_steps_with_the_chosen_dtype():
 # --- Dion -------------------------------------------------------------------------------------
 
 
-def _reference_dion(x, g, m, q, lr, mu):
-    """Algorithm 1 in float64 (as tests/test_muon_dion.py writes it), without weight decay."""
-    rows, cols = x.shape
-    wide = rows < cols
-    b = (m + g).T if wide else m + g
-    p = torch.linalg.qr(b @ q).Q
-    r = b.T @ p
-    new_b = b - (1 - mu) * p @ r.T
-    new_q = r / (r.norm(dim=0, keepdim=True) + 1e-8)
-    update = p @ new_q.T
-    if wide:
-        update, new_b = update.T, new_b.T
-    return x - lr * math.sqrt(rows / cols) * update, new_b, new_q
-
-
 def test_dion_float32_products_on_bf16_weights_are_at_least_as_accurate():
     """bf16 weights: products in float32 (what auto picks on an emulating CPU) land nearer the exact algorithm."""
     error = {}
@@ -195,7 +180,8 @@ def test_dion_float32_products_on_bf16_weights_are_at_least_as_accurate():
             grad = torch.randn(shape).bfloat16()
             param.grad = grad.clone()
             optimizer.step()
-            x, m, q = _reference_dion(x, grad.double(), torch.zeros(shape, dtype=torch.float64), q, 0.5, 0.95)
+            x, m, q = _reference_dion_step(x, grad.double(), torch.zeros(shape, dtype=torch.float64), q, 0.5, 0.95,
+                                           0.0)
             state = optimizer.state[param]
             assert param.dtype == state["Q"].dtype == state["momentum_buffer"].dtype == torch.bfloat16
             total[0] += ((state["Q"].double() - q).norm() / q.norm()).item()
