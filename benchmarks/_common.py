@@ -248,6 +248,16 @@ def emit(result: Any) -> None:
     print(RESULT + json.dumps(result), flush=True)
 
 
+def emit_gathered(rows: list[Any]) -> None:
+    """In a torchrun worker: gather every rank's rows; rank 0 ``emit``-s them all, so each rank's figures arrive."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, rows)
+    if dist.get_rank() == 0:
+        emit([r for part in gathered for r in part])
+
+
 def read_result(stdout: str) -> Any | None:
     """The JSON a worker printed with ``emit``; None when it printed none."""
     line = next((x for x in stdout.splitlines() if x.startswith(RESULT)), None)

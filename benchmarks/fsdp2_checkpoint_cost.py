@@ -139,10 +139,7 @@ def worker(job: dict[str, Any]) -> None:
         row["params"] = sum(p.numel() for p in model.parameters())
         rows.append(row)
         del model, optimizer
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, rows)
-    if rank == 0:
-        C.emit([r for part in gathered for r in part])
+    C.emit_gathered(rows)
     dist.barrier()
     dist.destroy_process_group()
 

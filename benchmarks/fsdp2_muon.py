@@ -174,10 +174,7 @@ def worker(job: dict[str, Any]) -> None:
                        planned_ns_share=_planned_share(optimizer, world)[rank])
         rows.append(row)
         del model, optimizer
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, rows)
-    if rank == 0:
-        C.emit([r for part in gathered for r in part])
+    C.emit_gathered(rows)
     dist.barrier()
     dist.destroy_process_group()
 

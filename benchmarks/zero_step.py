@@ -35,7 +35,6 @@ NAMES = ("adamw_torch", "muon")
 def worker(job: dict[str, Any]) -> None:
     """Runs inside torchrun; rank 0 prints one JSON line with every rank's figures."""
     import torch
-    import torch.distributed as dist
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
     from optim_registry import OptimTrainer, TrainingArguments
@@ -88,10 +87,7 @@ def worker(job: dict[str, Any]) -> None:
         rows.append({"backend": job["backend"], "optim": name, "rank": rank,
                      "step_ms": C.median(timer.times[job["warmup"]:]) * 1e3,
                      "params": sum(p.numel() for p in model.parameters())})
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, rows)
-    if rank == 0:
-        C.emit([r for part in gathered for r in part])
+    C.emit_gathered(rows)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
